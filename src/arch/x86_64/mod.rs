@@ -1,0 +1,27 @@
+//! x86-64 kernels and the feature detection that guards them.
+//!
+//! Each level detects exactly the features its kernels are compiled with
+//! (`#[target_feature(enable = ...)]`), so a kernel never runs on a CPU that lacks one.
+
+pub mod avx2;
+pub mod avx512;
+
+/// AVX2 + FMA + F16C: the features of every `avx2` kernel.
+pub fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// AVX-512 F + BW + VL (plus the AVX2 level's features, which every AVX-512 CPU has).
+pub fn has_avx512() -> bool {
+    has_avx2()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
+/// [`has_avx512`] plus AVX512_BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
+pub fn has_avx512bf16() -> bool {
+    has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+}
