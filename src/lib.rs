@@ -26,6 +26,7 @@ pub mod arch;
 pub mod convert;
 pub mod error;
 pub mod format;
+pub mod gemm;
 pub mod scalar;
 pub mod threads;
 

@@ -1,0 +1,397 @@
+//! The GEMV path: `m <= GEMV_MAX_M` rows times FP8 weights stored along K (`b = w.T` of an
+//! `[out, in]` weight, so column `j` of `b` is the contiguous row `w[j]`).
+//!
+//! Each output is a dot product of an activation row with a weight row. The activation rows
+//! (at most 8 x k floats) are converted to float32 once and stay in L1/L2; the weight rows are
+//! streamed from memory exactly once, as bytes. Unlike the GEMM microkernel, these kernels
+//! decode FP8 in registers: this path is bound by memory bandwidth (one multiply-add per
+//! weight byte per row), so a few extra instructions per 16 bytes are free, while packing the
+//! weights first would write and re-read 4x the bytes the path exists to avoid.
+//!
+//! Threads split the output columns; K is never split, and each column's sum is formed by the
+//! same operations whatever the split, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::{CPtr, Elems, Mat, ScalePlan};
+use crate::arch::Isa;
+use crate::format::Format;
+use crate::scalar::tables;
+use crate::threads;
+
+/// Dot-product kernel: `out[r * ncols + j] = sum_p x[r * ldx + p] * decode(w[j * ldw + p])`
+/// for `r < rows`, `j < ncols`, `p < klen`.
+type DotFn = unsafe fn(usize, *const f32, usize, usize, *const u8, isize, usize, Format, *mut f32);
+
+/// Columns per work item.
+const COLS_PER_ITEM: usize = 64;
+
+/// # Safety
+/// As [`super::compute`]; `b` is FP8 with `b.rs == 1` (or `k == 1`), `a.rows <= GEMV_MAX_M`.
+pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let Elems::Fp8(_, fmt) = b.elems else {
+        unreachable!("the GEMV path is only taken for FP8 weights")
+    };
+    // Activation rows as contiguous float32.
+    let mut x = vec![0.0f32; m * k];
+    for (i, row) in x.chunks_exact_mut(k).enumerate() {
+        // SAFETY: row i of A is inside A.
+        unsafe { load_row(a, i, row) };
+    }
+    let dot: DotFn = match isa {
+        Isa::Scalar => dot_scalar,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dot_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => x86::dot_avx512,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => dot_scalar,
+    };
+    let seg = if plan.along_k() { plan.block } else { k };
+    let items = n.div_ceil(COLS_PER_ITEM);
+    let parallel = threads::num_threads() > 1 && items > 1 && m * n * k >= 1 << 18;
+    let x = &x[..];
+    let item = |it: usize| {
+        let j0 = it * COLS_PER_ITEM;
+        let ncols = COLS_PER_ITEM.min(n - j0);
+        let mut part = [0.0f32; super::GEMV_MAX_M * COLS_PER_ITEM];
+        let mut sa = [1.0f32; super::GEMV_MAX_M];
+        let mut sb = [1.0f32; COLS_PER_ITEM];
+        for (kb, k0) in (0..k).step_by(seg).enumerate() {
+            let klen = seg.min(k - k0);
+            plan.fill(kb, 0, &mut sa[..m], j0, &mut sb[..ncols]);
+            let w = match b.elems {
+                Elems::Fp8(p, _) => p.wrapping_offset(j0 as isize * b.cs + k0 as isize),
+                _ => unreachable!("checked above"),
+            };
+            // SAFETY: columns j0..j0+ncols of B, rows k0..k0+klen, are inside B (contiguous
+            // along K); x rows hold k floats; `part` holds m * ncols floats; the kernel for
+            // `isa` was selected from an available ISA.
+            unsafe {
+                dot(
+                    klen,
+                    x[k0..].as_ptr(),
+                    k,
+                    m,
+                    w,
+                    b.cs,
+                    ncols,
+                    fmt,
+                    part.as_mut_ptr(),
+                )
+            };
+            for i in 0..m {
+                for j in 0..ncols {
+                    let t = part[i * ncols + j] * sb[j];
+                    // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
+                    unsafe {
+                        let d = c.at(i, j0 + j, ldc);
+                        *d = if k0 == 0 { t * sa[i] } else { *d + t * sa[i] };
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        threads::run(|| (0..items).into_par_iter().for_each(item));
+    } else {
+        (0..items).for_each(item);
+    }
+}
+
+/// Row `i` of `a` as float32.
+///
+/// # Safety
+/// `a` must address its whole matrix.
+unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
+    let base = i as isize * a.rs;
+    macro_rules! gather {
+        ($p:expr, $conv:expr) => {
+            for (p, slot) in row.iter_mut().enumerate() {
+                // SAFETY: (i, p) is inside A.
+                *slot = $conv(unsafe { *$p.offset(base + p as isize * a.cs) });
+            }
+        };
+    }
+    match a.elems {
+        Elems::Fp8(p, f) => {
+            let t = tables::f32_table(f);
+            gather!(p, |v: u8| t[usize::from(v)])
+        }
+        Elems::F32(p) => gather!(p, |v: f32| v),
+        Elems::F16(p) => gather!(p, half::f16::to_f32),
+        Elems::Bf16(p) => gather!(p, half::bf16::to_f32),
+    }
+}
+
+/// Portable dot kernel: table decode, float64-formed multiply-add (see `kernels`).
+///
+/// # Safety
+/// See [`DotFn`]: `x` holds `rows` rows of `klen` floats `ldx` apart, `w` `ncols` rows of
+/// `klen` bytes `ldw` apart, `out` `rows * ncols` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_scalar(
+    klen: usize,
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    w: *const u8,
+    ldw: isize,
+    ncols: usize,
+    fmt: Format,
+    out: *mut f32,
+) {
+    let t = tables::f32_table(fmt);
+    for j in 0..ncols {
+        // SAFETY: weight row j holds klen bytes.
+        let wr = unsafe { std::slice::from_raw_parts(w.offset(j as isize * ldw), klen) };
+        for r in 0..rows {
+            // SAFETY: activation row r holds klen floats.
+            let xr = unsafe { std::slice::from_raw_parts(x.add(r * ldx), klen) };
+            let mut acc = 0.0f32;
+            for (&xv, &wv) in xr.iter().zip(wr) {
+                acc = (f64::from(acc) + f64::from(xv) * f64::from(t[usize::from(wv)])) as f32;
+            }
+            // SAFETY: (r, j) is inside `out`.
+            unsafe { *out.add(r * ncols + j) = acc };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! FP8 -> float32 in registers, 16 (AVX-512) or 8 (AVX2) bytes at a time:
+    //! - E5M2 is the top byte of a binary16: `f16 = byte << 8`, then `vcvtph2ps` (exact, with
+    //!   subnormals, infinities and NaN).
+    //! - E4M3: `f16 = sign << 15 | (byte & 0x7F) << 7` reads the E4M3 exponent with the
+    //!   binary16 bias (15 instead of 7) and the same mantissa, so the float32 value is the
+    //!   E4M3 value times 2^-8, subnormals included; multiply by 2^8 (exact). The NaN codes
+    //!   (0x7F, 0xFF) are replaced by a binary16 NaN first.
+
+    #[allow(clippy::wildcard_imports)]
+    use std::arch::x86_64::*;
+
+    use crate::format::Format;
+
+    #[inline(always)]
+    unsafe fn decode16_e5m2(bytes: __m128i) -> __m512 {
+        // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
+        unsafe { _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8)) }
+    }
+
+    #[inline(always)]
+    unsafe fn decode16_e4m3(bytes: __m128i) -> __m512 {
+        // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
+        unsafe {
+            // Sign-extended bytes shifted by 7: mantissa and exponent in bits 7..13, the sign in
+            // bits 14 and 15; clearing bit 14 leaves `sign << 15 | mag << 7`.
+            let h = _mm256_and_si256(
+                _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7),
+                _mm256_set1_epi16(0xBF80u16 as i16),
+            );
+            let nan = _mm_cmpeq_epi8_mask(
+                _mm_and_si128(bytes, _mm_set1_epi8(0x7F)),
+                _mm_set1_epi8(0x7F),
+            );
+            let h = _mm256_mask_mov_epi16(h, nan, _mm256_set1_epi16(0x7E00));
+            _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F + BW + VL available; as `DotFn`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_avx512(
+        klen: usize,
+        x: *const f32,
+        ldx: usize,
+        rows: usize,
+        w: *const u8,
+        ldw: isize,
+        ncols: usize,
+        fmt: Format,
+        out: *mut f32,
+    ) {
+        macro_rules! go {
+            ($r:literal) => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match fmt {
+                        Format::E4M3 => dot512::<$r, true>(klen, x, ldx, w, ldw, ncols, out),
+                        Format::E5M2 => dot512::<$r, false>(klen, x, ldx, w, ldw, ncols, out),
+                    }
+                }
+            };
+        }
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
+        }
+    }
+
+    /// Two weight rows at a time against `R` activation rows (2R accumulators).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn dot512<const R: usize, const E4M3: bool>(
+        klen: usize,
+        x: *const f32,
+        ldx: usize,
+        w: *const u8,
+        ldw: isize,
+        ncols: usize,
+        out: *mut f32,
+    ) {
+        let decode = |b: __m128i| {
+            // SAFETY: the features are enabled in this function.
+            unsafe {
+                if E4M3 {
+                    decode16_e4m3(b)
+                } else {
+                    decode16_e5m2(b)
+                }
+            }
+        };
+        let tail = klen % 16;
+        let tail_mask: u16 = if tail == 0 { 0 } else { (1u16 << tail) - 1 };
+        let mut j = 0;
+        while j < ncols {
+            // An odd last column is computed twice (its own pair) and stored once.
+            let j1 = (j + 1).min(ncols - 1);
+            // SAFETY: rows j and j1 of w hold klen bytes; x rows hold klen floats; the tail
+            // loads are masked to the remaining elements.
+            unsafe {
+                let w0 = w.offset(j as isize * ldw);
+                let w1 = w.offset(j1 as isize * ldw);
+                let mut acc0 = [_mm512_setzero_ps(); R];
+                let mut acc1 = [_mm512_setzero_ps(); R];
+                let mut p = 0;
+                while p + 16 <= klen {
+                    let d0 = decode(_mm_loadu_si128(w0.add(p).cast()));
+                    let d1 = decode(_mm_loadu_si128(w1.add(p).cast()));
+                    for r in 0..R {
+                        let xv = _mm512_loadu_ps(x.add(r * ldx + p));
+                        acc0[r] = _mm512_fmadd_ps(xv, d0, acc0[r]);
+                        acc1[r] = _mm512_fmadd_ps(xv, d1, acc1[r]);
+                    }
+                    p += 16;
+                }
+                if tail != 0 {
+                    let d0 = decode(_mm_maskz_loadu_epi8(tail_mask, w0.add(p).cast()));
+                    let d1 = decode(_mm_maskz_loadu_epi8(tail_mask, w1.add(p).cast()));
+                    for r in 0..R {
+                        let xv = _mm512_maskz_loadu_ps(tail_mask, x.add(r * ldx + p));
+                        acc0[r] = _mm512_fmadd_ps(xv, d0, acc0[r]);
+                        acc1[r] = _mm512_fmadd_ps(xv, d1, acc1[r]);
+                    }
+                }
+                for r in 0..R {
+                    *out.add(r * ncols + j) = _mm512_reduce_add_ps(acc0[r]);
+                    if j1 != j {
+                        *out.add(r * ncols + j1) = _mm512_reduce_add_ps(acc1[r]);
+                    }
+                }
+            }
+            j += 2;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn decode8_e5m2(bytes: __m128i) -> __m256 {
+        // SAFETY: register-only intrinsics; the caller enables AVX2 + F16C.
+        unsafe { _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8)) }
+    }
+
+    #[inline(always)]
+    unsafe fn decode8_e4m3(bytes: __m128i) -> __m256 {
+        // SAFETY: register-only intrinsics; the caller enables AVX2 + F16C.
+        unsafe {
+            let wide = _mm_cvtepi8_epi16(bytes);
+            let h = _mm_and_si128(_mm_slli_epi16(wide, 7), _mm_set1_epi16(0xBF80u16 as i16));
+            let nan = _mm_cmpeq_epi16(
+                _mm_and_si128(wide, _mm_set1_epi16(0x7F)),
+                _mm_set1_epi16(0x7F),
+            );
+            let h = _mm_blendv_epi8(h, _mm_set1_epi16(0x7E00), nan);
+            _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
+        }
+    }
+
+    /// # Safety
+    /// AVX2 + FMA + F16C available; as `DotFn`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_avx2(
+        klen: usize,
+        x: *const f32,
+        ldx: usize,
+        rows: usize,
+        w: *const u8,
+        ldw: isize,
+        ncols: usize,
+        fmt: Format,
+        out: *mut f32,
+    ) {
+        let e4m3 = fmt == Format::E4M3;
+        let main = klen - klen % 8;
+        for j in 0..ncols {
+            // SAFETY: row j of w holds klen bytes, x rows klen floats; the tail is copied into
+            // zero-padded buffers.
+            unsafe {
+                let wr = w.offset(j as isize * ldw);
+                let mut tail_w = [0u8; 16];
+                std::ptr::copy_nonoverlapping(wr.add(main), tail_w.as_mut_ptr(), klen - main);
+                let decode = |b: __m128i| {
+                    if e4m3 {
+                        decode8_e4m3(b)
+                    } else {
+                        decode8_e5m2(b)
+                    }
+                };
+                let mut r0 = 0;
+                while r0 < rows {
+                    // Up to 4 activation rows per pass keep 4 accumulators + temporaries in
+                    // the 16 ymm registers.
+                    let nr = (rows - r0).min(4);
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let mut p = 0;
+                    while p < main {
+                        let d = decode(_mm_loadl_epi64(wr.add(p).cast()));
+                        for (r, a) in acc.iter_mut().enumerate().take(nr) {
+                            let xv = _mm256_loadu_ps(x.add((r0 + r) * ldx + p));
+                            *a = _mm256_fmadd_ps(xv, d, *a);
+                        }
+                        p += 8;
+                    }
+                    if main < klen {
+                        let d = decode(_mm_loadl_epi64(tail_w.as_ptr().cast()));
+                        for (r, a) in acc.iter_mut().enumerate().take(nr) {
+                            let mut tx = [0.0f32; 8];
+                            std::ptr::copy_nonoverlapping(
+                                x.add((r0 + r) * ldx + main),
+                                tx.as_mut_ptr(),
+                                klen - main,
+                            );
+                            *a = _mm256_fmadd_ps(_mm256_loadu_ps(tx.as_ptr()), d, *a);
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate().take(nr) {
+                        // Fixed-order horizontal sum: (lo + hi) halves, then pairs.
+                        let s =
+                            _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps(*a, 1));
+                        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                        *out.add((r0 + r) * ncols + j) = _mm_cvtss_f32(s);
+                    }
+                    r0 += nr;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The portable microkernel.
+//!
+//! Without a hardware FMA, `acc + a * b` is formed in float64: the product of two float32
+//! values is exact in float64 (24 + 24 <= 53 significant bits), so only the sum is rounded
+//! (once to float64, then to float32), which keeps each step within one float32 rounding
+//! error plus 2^-53 relative, inside the `(k + 2) * 2^-23` bound.
+
+use super::driver::Micro;
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+/// The portable float32 kernel family.
+pub(crate) static SCALAR: Micro<f32> = Micro {
+    mr: MR,
+    nr: NR,
+    kc: 256,
+    mc: 64,
+    nc: 2048,
+    func: kernel_4x8,
+};
+
+/// # Safety
+/// `a` holds `kc * MR` floats, `b` holds `kc * NR`, `sa` MR and `sb` NR; C is an MR x NR tile
+/// with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_4x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    // SAFETY: the caller guarantees the lengths above.
+    let (a, b, sa, sb) = unsafe {
+        (
+            std::slice::from_raw_parts(a, kc * MR),
+            std::slice::from_raw_parts(b, kc * NR),
+            std::slice::from_raw_parts(sa, MR),
+            std::slice::from_raw_parts(sb, NR),
+        )
+    };
+    let mut acc = [[0.0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for (row, &av) in acc.iter_mut().zip(ap) {
+            let av = f64::from(av);
+            for (x, &bv) in row.iter_mut().zip(bp) {
+                *x = (f64::from(*x) + av * f64::from(bv)) as f32;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            let t = x * sb[j];
+            // SAFETY: (i, j) is inside the C tile.
+            unsafe {
+                let d = c.offset(i as isize * ldc + j as isize);
+                *d = if first {
+                    t * sa[i]
+                } else {
+                    (f64::from(*d) + f64::from(t) * f64::from(sa[i])) as f32
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! Matrix multiplication with FP8 operands: `C = (A * scale_a) @ (B * scale_b)`.
+//!
+//! Products are formed exactly (FP8 x FP8 in float32 or bfloat16 -> float32 dot products,
+//! wider operands through fused multiply-add) and accumulated in float32, so every output is
+//! within `(k + 2) * 2^-23 * (|A| @ |B|)` of the float64 reference.
+//!
+//! # The loop nest (BLIS)
+//!
+//! ```text
+//! for j0 in (0..n).step_by(NC)                     // B block of NC columns (L3)
+//!   for k0 in (0..k).step_by(KC)                   // KC = block when scales vary along K
+//!     pack B[k0.., j0..] into NR-wide panels       // FP8 decoded here, zero-padded edges
+//!     parallel for (i0, column range) items        // threads over M and N, never over K
+//!       pack A[i0.., k0..] into MR-tall panels     // thread-local buffer (L2)
+//!       for each NR panel of B in the range        // B micro-panel stays in L1
+//!         for each MR panel of A                   // A streamed from L2
+//!           microkernel: MR x NR tile += A panel @ B panel, then
+//!           C = (k0 == 0 ? 0 : C) + tile * scale_b[col] * scale_a[row]
+//! ```
+//!
+//! Every output tile is computed by the same sequence of operations whatever the thread count
+//! (tile boundaries are multiples of MR / NR from the origin, the K partition is fixed), so
+//! results are bitwise independent of the number of threads. The first K block overwrites C
+//! (beta = 0), so whatever `out` held before (NaN included) never leaks into the result.
+//!
+//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path ([`gemv`]),
+//! which streams the FP8 bytes straight from memory.
+
+use half::{bf16, f16};
+use ndarray::{ArrayView2, ArrayViewD, ArrayViewMutD};
+
+use crate::arch::{self, Isa};
+use crate::error::{Error, Result};
+use crate::format::Format;
+
+mod driver;
+mod gemv;
+mod kernels;
+mod pack;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// A matrix operand (or a stack of them: leading dimensions are batch dimensions).
+#[derive(Clone, Debug)]
+pub enum Operand<'a> {
+    /// FP8 bit patterns in the given format.
+    Fp8(ArrayViewD<'a, u8>, Format),
+    /// float32.
+    F32(ArrayViewD<'a, f32>),
+    /// float16.
+    F16(ArrayViewD<'a, f16>),
+    /// bfloat16.
+    Bf16(ArrayViewD<'a, bf16>),
+}
+
+/// The output array (same shape as the result of `numpy.matmul`).
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// float32.
+    F32(ArrayViewMutD<'a, f32>),
+    /// float16 (rounded to nearest even from the float32 result).
+    F16(ArrayViewMutD<'a, f16>),
+    /// bfloat16 (rounded to nearest even from the float32 result).
+    Bf16(ArrayViewMutD<'a, bf16>),
+}
+
+/// Scales of both operands, as 2-D float32 arrays (a per-tensor scale is `1 x 1`).
+///
+/// `scale_a` has shape `(1 | m | ceil(m/block), 1 | ceil(k/block))`,
+/// `scale_b` has shape `(1 | ceil(k/block), 1 | n | ceil(n/block))`. They are shared by
+/// every matrix of a batch.
+#[derive(Clone, Debug, Default)]
+pub struct Scales<'a> {
+    /// Dequantization multipliers of `a` (`None`: 1).
+    pub a: Option<ArrayView2<'a, f32>>,
+    /// Dequantization multipliers of `b` (`None`: 1).
+    pub b: Option<ArrayView2<'a, f32>>,
+    /// Block size of block scales (DeepSeek-V3: 128).
+    pub block: usize,
+}
+
+impl Operand<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Operand::Fp8(v, _) => v.shape(),
+            Operand::F32(v) => v.shape(),
+            Operand::F16(v) => v.shape(),
+            Operand::Bf16(v) => v.shape(),
+        }
+    }
+
+    fn strides(&self) -> &[isize] {
+        match self {
+            Operand::Fp8(v, _) => v.strides(),
+            Operand::F32(v) => v.strides(),
+            Operand::F16(v) => v.strides(),
+            Operand::Bf16(v) => v.strides(),
+        }
+    }
+
+    /// The element pointer with the batch offset `offset` (in elements) applied.
+    fn elems(&self, offset: isize) -> Elems {
+        // `wrapping_offset`: the offset is inside the array (computed from valid indices), and
+        // is only dereferenced through the packing routines.
+        match self {
+            Operand::Fp8(v, f) => Elems::Fp8(v.as_ptr().wrapping_offset(offset), *f),
+            Operand::F32(v) => Elems::F32(v.as_ptr().wrapping_offset(offset)),
+            Operand::F16(v) => Elems::F16(v.as_ptr().wrapping_offset(offset)),
+            Operand::Bf16(v) => Elems::Bf16(v.as_ptr().wrapping_offset(offset)),
+        }
+    }
+}
+
+impl Output<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Output::F32(v) => v.shape(),
+            Output::F16(v) => v.shape(),
+            Output::Bf16(v) => v.shape(),
+        }
+    }
+}
+
+/// Typed pointer to the first element of a matrix.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Elems {
+    Fp8(*const u8, Format),
+    F32(*const f32),
+    F16(*const f16),
+    Bf16(*const bf16),
+}
+
+/// A strided matrix view without a lifetime, for the packing routines.
+/// `elem(r, c)` is at `ptr + r * rs + c * cs` (in elements).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub elems: Elems,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: `Elems` (and `Mat`) are only built from array views that outlive the call using
+// them, and are only read through; sharing read-only pointers between the worker threads is
+// sound.
+unsafe impl Send for Elems {}
+// SAFETY: as above, the pointed-to data is never written while an `Elems` exists.
+unsafe impl Sync for Elems {}
+
+impl Mat {
+    pub(crate) fn is_fp8(&self) -> bool {
+        matches!(self.elems, Elems::Fp8(..))
+    }
+}
+
+/// How one dimension of a scale array maps an index to a scale entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScaleMap {
+    /// Length 1: the same scale everywhere.
+    Broadcast,
+    /// One scale per index.
+    Full,
+    /// One scale per `block` indices.
+    Blocked,
+}
+
+impl ScaleMap {
+    fn index(self, i: usize, block: usize) -> usize {
+        match self {
+            ScaleMap::Broadcast => 0,
+            ScaleMap::Full => i,
+            ScaleMap::Blocked => i / block,
+        }
+    }
+}
+
+/// A validated scale array of one operand: `outer` maps the M (for `a`) or N (for `b`) index,
+/// `along_k` says whether the scale changes every `block` steps of K.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScaleSpec<'a> {
+    view: ArrayView2<'a, f32>,
+    outer: ScaleMap,
+    along_k: bool,
+    /// True for `a` (shape `(outer, k)`), false for `b` (shape `(k, outer)`).
+    is_a: bool,
+}
+
+impl ScaleSpec<'_> {
+    /// The scale of outer index `i` in K block `kb`.
+    #[inline]
+    pub(crate) fn at(&self, i: usize, kb: usize, block: usize) -> f32 {
+        let o = self.outer.index(i, block);
+        let kk = if self.along_k { kb } else { 0 };
+        if self.is_a {
+            self.view[[o, kk]]
+        } else {
+            self.view[[kk, o]]
+        }
+    }
+}
+
+/// Validated scales of both operands for an `m x k @ k x n` product.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScalePlan<'a> {
+    pub a: Option<ScaleSpec<'a>>,
+    pub b: Option<ScaleSpec<'a>>,
+    pub block: usize,
+}
+
+impl ScalePlan<'_> {
+    /// Whether a scale changes along K, so that every K block must be scaled on its own.
+    pub(crate) fn along_k(&self) -> bool {
+        self.a.is_some_and(|s| s.along_k) || self.b.is_some_and(|s| s.along_k)
+    }
+
+    /// Fill `sa[i] = scale_a(i0 + i, kb)` and `sb[j] = scale_b(kb, j0 + j)` (1 when absent).
+    pub(crate) fn fill(&self, kb: usize, i0: usize, sa: &mut [f32], j0: usize, sb: &mut [f32]) {
+        for (i, s) in sa.iter_mut().enumerate() {
+            *s = self.a.map_or(1.0, |a| a.at(i0 + i, kb, self.block));
+        }
+        for (j, s) in sb.iter_mut().enumerate() {
+            *s = self.b.map_or(1.0, |b| b.at(j0 + j, kb, self.block));
+        }
+    }
+}
+
+fn shape_str(s: &[usize]) -> String {
+    match s {
+        [x] => format!("({x},)"),
+        _ => format!(
+            "({})",
+            s.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn dim_map(len: usize, full: usize, block: usize) -> Option<ScaleMap> {
+    if len == 1 {
+        Some(ScaleMap::Broadcast)
+    } else if len == full {
+        Some(ScaleMap::Full)
+    } else if len == full.div_ceil(block) {
+        Some(ScaleMap::Blocked)
+    } else {
+        None
+    }
+}
+
+fn check_scale<'a>(
+    name: &str,
+    view: ArrayView2<'a, f32>,
+    is_a: bool,
+    outer: usize,
+    k: usize,
+    block: usize,
+    operand: &[usize],
+) -> Result<ScaleSpec<'a>> {
+    let (o_len, k_len) = if is_a {
+        (view.nrows(), view.ncols())
+    } else {
+        (view.ncols(), view.nrows())
+    };
+    let kb = k.div_ceil(block);
+    let outer_map = dim_map(o_len, outer, block);
+    let k_ok = k_len == 1 || k_len == kb;
+    let (Some(outer_map), true) = (outer_map, k_ok) else {
+        let (o_names, k_names) = (
+            format!("1, {outer} or {}", outer.div_ceil(block)),
+            format!("1 or {kb}"),
+        );
+        let expected = if is_a {
+            format!("({o_names}, {k_names})")
+        } else {
+            format!("({k_names}, {o_names})")
+        };
+        return Err(Error::value(format!(
+            "{name} has shape {} but {} has shape {} (block {block}): expected a scalar or a \
+             shape {expected}",
+            shape_str(view.shape()),
+            if is_a { "a" } else { "b" },
+            shape_str(operand),
+        )));
+    };
+    Ok(ScaleSpec {
+        view,
+        outer: outer_map,
+        along_k: k_len > 1,
+        is_a,
+    })
+}
+
+/// Which microkernel family a call uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KernelChoice {
+    Scalar,
+    Avx2,
+    Avx512,
+    Avx512Bf16,
+}
+
+/// The kernel for operands `a`, `b` on ISA `isa`: the bfloat16 dot-product kernel only when
+/// both operands are FP8. Every FP8 value is exact in bfloat16 and products of two of them are
+/// exact in float32, and their magnitudes (>= 2^-32) are far above float32's denormal range,
+/// so `vdpbf16ps`' flush-to-zero of denormal inputs and outputs can never change a result.
+/// float32 / float16 / bfloat16 activations take the float32 kernel: a float32 value needs
+/// three bfloat16 parts (three dot products, no faster than float32 FMA), a float16 needs
+/// two, and bfloat16 inputs may be denormal, which `vdpbf16ps` would flush to zero.
+pub(crate) fn kernel_choice(isa: Isa, a_fp8: bool, b_fp8: bool) -> KernelChoice {
+    match isa {
+        Isa::Scalar => KernelChoice::Scalar,
+        Isa::Avx2 => KernelChoice::Avx2,
+        Isa::Avx512 => KernelChoice::Avx512,
+        Isa::Avx512Bf16 if a_fp8 && b_fp8 => KernelChoice::Avx512Bf16,
+        Isa::Avx512Bf16 => KernelChoice::Avx512,
+    }
+}
+
+/// Largest `m` that takes the GEMV path.
+pub const GEMV_MAX_M: usize = 8;
+
+/// `out = (a * scale_a) @ (b * scale_b)` with `numpy.matmul` shapes: `a` is `(..., m, k)`,
+/// `b` is `(..., k, n)`, the batch dimensions broadcast, `out` is `(batch..., m, n)`.
+/// Both operands have at least two dimensions (the caller promotes 1-D operands).
+///
+/// Uses the active ISA ([`arch::active`]) and the worker pool; the result does not depend on
+/// the number of threads.
+pub fn matmul(
+    a: &Operand<'_>,
+    b: &Operand<'_>,
+    scales: &Scales<'_>,
+    out: Output<'_>,
+) -> Result<()> {
+    matmul_isa(arch::active(), a, b, scales, out)
+}
+
+/// [`matmul`] on a given (available) ISA.
+pub(crate) fn matmul_isa(
+    isa: Isa,
+    a: &Operand<'_>,
+    b: &Operand<'_>,
+    scales: &Scales<'_>,
+    out: Output<'_>,
+) -> Result<()> {
+    let (ash, bsh) = (a.shape(), b.shape());
+    if ash.len() < 2 || bsh.len() < 2 {
+        return Err(Error::value(format!(
+            "matmul operands need at least 2 dimensions, got a {} and b {}",
+            shape_str(ash),
+            shape_str(bsh)
+        )));
+    }
+    let (m, k) = (ash[ash.len() - 2], ash[ash.len() - 1]);
+    let (kb, n) = (bsh[bsh.len() - 2], bsh[bsh.len() - 1]);
+    if k != kb {
+        return Err(Error::value(format!(
+            "matmul: inner dimensions differ: a has shape {} (k = {k}) and b has shape {} \
+             (k = {kb})",
+            shape_str(ash),
+            shape_str(bsh)
+        )));
+    }
+    let batch = broadcast_batch(&ash[..ash.len() - 2], &bsh[..bsh.len() - 2]).ok_or_else(|| {
+        Error::value(format!(
+            "matmul: batch dimensions of a {} and b {} do not broadcast",
+            shape_str(ash),
+            shape_str(bsh)
+        ))
+    })?;
+    let mut expected = batch.clone();
+    expected.extend([m, n]);
+    if out.shape() != expected.as_slice() {
+        return Err(Error::value(format!(
+            "out has shape {} but a {} @ b {} has shape {}",
+            shape_str(out.shape()),
+            shape_str(ash),
+            shape_str(bsh),
+            shape_str(&expected)
+        )));
+    }
+    if scales.block == 0 {
+        return Err(Error::value("block must be >= 1"));
+    }
+    let plan = ScalePlan {
+        a: scales
+            .a
+            .map(|v| check_scale("scale_a", v, true, m, k, scales.block, ash))
+            .transpose()?,
+        b: scales
+            .b
+            .map(|v| check_scale("scale_b", v, false, n, k, scales.block, bsh))
+            .transpose()?,
+        block: scales.block,
+    };
+    let nbatch: usize = batch.iter().product();
+    let a_bstr = batch_strides(&batch, &ash[..ash.len() - 2], a.strides());
+    let b_bstr = batch_strides(&batch, &bsh[..bsh.len() - 2], b.strides());
+    let (a_rs, a_cs) = (a.strides()[ash.len() - 2], a.strides()[ash.len() - 1]);
+    let (b_rs, b_cs) = (b.strides()[bsh.len() - 2], b.strides()[bsh.len() - 1]);
+    let mut out = out;
+    let mut tmp: Vec<f32> = Vec::new();
+    for bi in 0..nbatch {
+        let (mut a_off, mut b_off) = (0isize, 0isize);
+        let mut rest = bi;
+        let mut idx = vec![0usize; batch.len()];
+        for d in (0..batch.len()).rev() {
+            idx[d] = rest % batch[d];
+            rest /= batch[d];
+            a_off += idx[d] as isize * a_bstr[d];
+            b_off += idx[d] as isize * b_bstr[d];
+        }
+        let am = Mat {
+            elems: a.elems(a_off),
+            rows: m,
+            cols: k,
+            rs: a_rs,
+            cs: a_cs,
+        };
+        let bm = Mat {
+            elems: b.elems(b_off),
+            rows: k,
+            cols: n,
+            rs: b_rs,
+            cs: b_cs,
+        };
+        write_one(isa, am, bm, &plan, &mut out, &idx, &mut tmp);
+    }
+    Ok(())
+}
+
+/// Compute one matrix of the batch into `out[idx]`: straight into a float32 output whose
+/// columns are contiguous, otherwise through a float32 buffer and a rounding copy.
+fn write_one(
+    isa: Isa,
+    a: Mat,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    out: &mut Output<'_>,
+    idx: &[usize],
+    tmp: &mut Vec<f32>,
+) {
+    let (m, n) = (a.rows, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if let Output::F32(o) = out {
+        let mut o2 = o.view_mut();
+        for &i in idx {
+            o2.index_axis_inplace(ndarray::Axis(0), i);
+        }
+        let (rs, cs) = (o2.strides()[0], o2.strides()[1]);
+        if cs == 1 || n == 1 {
+            let c = CPtr(o2.as_mut_ptr());
+            // SAFETY: `c` addresses the m x n view `o2` (rows `rs` apart, columns contiguous),
+            // borrowed mutably for the duration of the call.
+            unsafe { compute(isa, a, b, plan, c, rs) };
+            return;
+        }
+    }
+    tmp.clear();
+    tmp.resize(m * n, 0.0);
+    let c = CPtr(tmp.as_mut_ptr());
+    // SAFETY: `tmp` holds m * n floats, row-major with row stride n.
+    unsafe { compute(isa, a, b, plan, c, n as isize) };
+    let src = ArrayView2::from_shape((m, n), &tmp[..]).expect("m * n buffer");
+    macro_rules! copy_out {
+        ($o:expr, $conv:expr) => {{
+            let mut o2 = $o.view_mut();
+            for &i in idx {
+                o2.index_axis_inplace(ndarray::Axis(0), i);
+            }
+            ndarray::Zip::from(&mut o2)
+                .and(&src.into_dyn())
+                .for_each(|d, &s| *d = $conv(s));
+        }};
+    }
+    match out {
+        Output::F32(o) => copy_out!(o, |s: f32| s),
+        Output::F16(o) => copy_out!(o, f16::from_f32),
+        Output::Bf16(o) => copy_out!(o, bf16::from_f32),
+    }
+}
+
+/// Pointer to a float32 output matrix with unit column stride, shared by the worker threads,
+/// each of which writes a disjoint set of tiles.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CPtr(pub *mut f32);
+
+impl CPtr {
+    /// The element `(i, j)` of C with row stride `ldc` (a method, so that closures capture the
+    /// `Sync` wrapper rather than the raw pointer field).
+    #[inline(always)]
+    pub(crate) fn at(self, i: usize, j: usize, ldc: isize) -> *mut f32 {
+        self.0.wrapping_offset(i as isize * ldc + j as isize)
+    }
+}
+// SAFETY: the threads sharing a `CPtr` write disjoint elements (distinct M/N tiles).
+unsafe impl Send for CPtr {}
+// SAFETY: as above.
+unsafe impl Sync for CPtr {}
+
+/// `C = A @ B` for one `m x k @ k x n` product into C (`m x n`, row stride `ldc`, unit column
+/// stride), choosing the GEMV path or the blocked GEMM.
+///
+/// # Safety
+/// `c` must be valid for writes of the `m x n` matrix with row stride `ldc` and not overlap
+/// `a` or `b`, whose pointers must address their whole (strided) matrices.
+unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: (i, j) is inside C.
+                unsafe { *c.0.offset(i as isize * ldc + j as isize) = 0.0 };
+            }
+        }
+        return;
+    }
+    if m <= GEMV_MAX_M && b.is_fp8() && (b.rs == 1 || k == 1) {
+        // SAFETY: forwarded from the caller.
+        unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
+        return;
+    }
+    let choice = kernel_choice(isa, a.is_fp8(), b.is_fp8());
+    // SAFETY: forwarded from the caller.
+    unsafe { driver::gemm(choice, a, b, plan, c, ldc) };
+}
+
+fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let nd = a.len().max(b.len());
+    let mut out = vec![0; nd];
+    for (d, slot) in out.iter_mut().enumerate() {
+        let da = if d + a.len() >= nd {
+            a[d + a.len() - nd]
+        } else {
+            1
+        };
+        let db = if d + b.len() >= nd {
+            b[d + b.len() - nd]
+        } else {
+            1
+        };
+        *slot = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// Strides of an operand's batch dimensions aligned to the broadcast batch shape (0 where the
+/// operand is broadcast).
+fn batch_strides(batch: &[usize], own: &[usize], strides: &[isize]) -> Vec<isize> {
+    let nd = batch.len();
+    (0..nd)
+        .map(|d| {
+            if d + own.len() < nd {
+                0
+            } else {
+                let od = d + own.len() - nd;
+                if own[od] == 1 {
+                    0
+                } else {
+                    strides[od]
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,410 @@
+//! GEMM tests against a float64 reference built from the decoded operands, on every ISA this
+//! CPU has (passed explicitly, so tests running in parallel do not race on the global ISA).
+
+use half::{bf16, f16};
+use ndarray::{Array2, ArrayD, ArrayView2, IxDyn, ShapeBuilder};
+
+use super::*;
+use crate::arch;
+use crate::scalar::decode_f64;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A finite FP8 code (no NaN / infinity).
+    fn fp8(&mut self, fmt: Format) -> u8 {
+        loop {
+            let c = self.next() as u8;
+            if decode_f64(c, fmt).is_finite() {
+                return c;
+            }
+        }
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+    }
+}
+
+/// An operand of one element type with its values as float64.
+enum Data {
+    Fp8(Array2<u8>, Format),
+    F32(Array2<f32>),
+    F16(Array2<f16>),
+    Bf16(Array2<bf16>),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    E4M3,
+    E5M2,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Data {
+    /// `rows x cols`, stored column-major when `fortran` (a transposed view).
+    fn random(kind: Kind, rows: usize, cols: usize, fortran: bool, rng: &mut Rng) -> Data {
+        let sh = (rows, cols).set_f(fortran);
+        match kind {
+            Kind::E4M3 => Data::Fp8(
+                Array2::from_shape_simple_fn(sh, || rng.fp8(Format::E4M3)),
+                Format::E4M3,
+            ),
+            Kind::E5M2 => Data::Fp8(
+                Array2::from_shape_simple_fn(sh, || rng.fp8(Format::E5M2)),
+                Format::E5M2,
+            ),
+            Kind::F32 => Data::F32(Array2::from_shape_simple_fn(sh, || rng.f32())),
+            Kind::F16 => Data::F16(Array2::from_shape_simple_fn(sh, || {
+                f16::from_f32(rng.f32())
+            })),
+            Kind::Bf16 => Data::Bf16(Array2::from_shape_simple_fn(sh, || {
+                bf16::from_f32(rng.f32())
+            })),
+        }
+    }
+
+    fn values(&self) -> Array2<f64> {
+        match self {
+            Data::Fp8(a, f) => a.mapv(|c| decode_f64(c, *f)),
+            Data::F32(a) => a.mapv(f64::from),
+            Data::F16(a) => a.mapv(f64::from),
+            Data::Bf16(a) => a.mapv(f64::from),
+        }
+    }
+
+    fn operand(&self) -> Operand<'_> {
+        match self {
+            Data::Fp8(a, f) => Operand::Fp8(a.view().into_dyn(), *f),
+            Data::F32(a) => Operand::F32(a.view().into_dyn()),
+            Data::F16(a) => Operand::F16(a.view().into_dyn()),
+            Data::Bf16(a) => Operand::Bf16(a.view().into_dyn()),
+        }
+    }
+}
+
+fn run(isa: Isa, a: &Data, b: &Data, scales: &Scales<'_>, m: usize, n: usize) -> Array2<f32> {
+    let mut out = ArrayD::<f32>::from_elem(IxDyn(&[m, n]), f32::NAN);
+    matmul_isa(
+        isa,
+        &a.operand(),
+        &b.operand(),
+        scales,
+        Output::F32(out.view_mut()),
+    )
+    .unwrap();
+    out.into_dimensionality().unwrap()
+}
+
+/// Scaled float64 operands: `A * scale_a` and `B * scale_b` expanded per element.
+fn scaled(
+    vals: Array2<f64>,
+    s: Option<ArrayView2<'_, f32>>,
+    is_a: bool,
+    block: usize,
+) -> Array2<f64> {
+    let Some(s) = s else { return vals };
+    let (rows, cols) = vals.dim();
+    let (outer, k) = if is_a { (rows, cols) } else { (cols, rows) };
+    let spec = check_scale("s", s, is_a, outer, k, block, &[rows, cols]).unwrap();
+    Array2::from_shape_fn((rows, cols), |(r, c)| {
+        let (o, kk) = if is_a { (r, c) } else { (c, r) };
+        vals[[r, c]] * f64::from(spec.at(o, kk / block, block))
+    })
+}
+
+/// Check `|c - ref| <= (k + 2) * 2^-23 * (|A| @ |B|)` elementwise.
+fn check_bound(c: &Array2<f32>, a: &Array2<f64>, b: &Array2<f64>, what: &str) {
+    let reference = a.dot(b);
+    let abs = a.mapv(f64::abs).dot(&b.mapv(f64::abs));
+    let k = a.ncols() as f64;
+    for ((idx, &got), &want) in c.indexed_iter().zip(reference.iter()) {
+        let tol = (k + 2.0) * 2f64.powi(-23) * abs[idx];
+        assert!(
+            (f64::from(got) - want).abs() <= tol,
+            "{what}: c{idx:?} = {got}, reference {want}, tolerance {tol}"
+        );
+    }
+}
+
+#[test]
+fn identity_per_kernel() {
+    let mut rng = Rng(7);
+    for isa in arch::available() {
+        for &(m, k) in &[(1, 1), (13, 31), (15, 33), (29, 70), (3, 300)] {
+            for fmt in Format::ALL {
+                let kind = if fmt == Format::E4M3 {
+                    Kind::E4M3
+                } else {
+                    Kind::E5M2
+                };
+                let a = Data::random(kind, m, k, false, &mut rng);
+                // B = I as FP8: 1.0 is 0x38 in E4M3 and 0x3C in E5M2; also check B stored
+                // row-major (GEMM path for every m) and as a transposed view.
+                let one = if fmt == Format::E4M3 { 0x38 } else { 0x3C };
+                for fortran in [false, true] {
+                    let eye =
+                        Array2::from_shape_fn(
+                            (k, k).set_f(fortran),
+                            |(i, j)| if i == j { one } else { 0 },
+                        );
+                    let b = Data::Fp8(eye, fmt);
+                    let c = run(
+                        isa,
+                        &a,
+                        &b,
+                        &Scales {
+                            block: 128,
+                            ..Default::default()
+                        },
+                        m,
+                        k,
+                    );
+                    let want = a.values().mapv(|v| v as f32);
+                    assert_eq!(c, want, "{isa} {fmt:?} m={m} k={k} fortran={fortran}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_against_reference_every_kernel_and_dtype() {
+    let mut rng = Rng(11);
+    let kinds = [Kind::E4M3, Kind::E5M2, Kind::F32, Kind::F16, Kind::Bf16];
+    // Edge sizes around the register blocks (MR 4/6/14, NR 8/16/32), KC + 1 and the GEMV path.
+    let sizes = [
+        (1, 1, 1),
+        (13, 31, 7),
+        (15, 33, 257),
+        (3, 65, 40),
+        (200, 70, 513),
+        (8, 9, 130),
+    ];
+    for isa in arch::available() {
+        for (t, &(m, n, k)) in sizes.iter().enumerate() {
+            for (ia, &ka) in kinds.iter().enumerate() {
+                // Every pair of kinds over the sizes, without running all 25 on every size.
+                for (ib, &kb) in kinds.iter().enumerate() {
+                    if (ia + ib + t) % 2 == 1 && m * n * k > 100_000 {
+                        continue;
+                    }
+                    let a = Data::random(ka, m, k, (ia + t) % 3 == 0, &mut rng);
+                    let b = Data::random(kb, k, n, (ib + t) % 2 == 0, &mut rng);
+                    let c = run(
+                        isa,
+                        &a,
+                        &b,
+                        &Scales {
+                            block: 128,
+                            ..Default::default()
+                        },
+                        m,
+                        n,
+                    );
+                    check_bound(
+                        &c,
+                        &a.values(),
+                        &b.values(),
+                        &format!("{isa} {ka:?}x{kb:?} {m}x{n}x{k}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scale_layouts() {
+    let mut rng = Rng(5);
+    let block = 32;
+    for isa in arch::available() {
+        for &(m, n, k) in &[(5, 40, 100), (40, 50, 70), (17, 3, 64)] {
+            let a = Data::random(Kind::E4M3, m, k, false, &mut rng);
+            for b_fortran in [false, true] {
+                let b = Data::random(Kind::E5M2, k, n, b_fortran, &mut rng);
+                let mut s =
+                    |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| rng.f32().abs() + 0.25);
+                let (kb, mb, nb) = (k.div_ceil(block), m.div_ceil(block), n.div_ceil(block));
+                let layouts_a = [s(1, 1), s(m, 1), s(m, kb), s(1, kb), s(mb, kb)];
+                let layouts_b = [s(1, 1), s(1, n), s(kb, nb), s(kb, 1), s(kb, n)];
+                for sa in &layouts_a {
+                    for sb in &layouts_b {
+                        let scales = Scales {
+                            a: Some(sa.view()),
+                            b: Some(sb.view()),
+                            block,
+                        };
+                        let c = run(isa, &a, &b, &scales, m, n);
+                        let av = scaled(a.values(), Some(sa.view()), true, block);
+                        let bv = scaled(b.values(), Some(sb.view()), false, block);
+                        check_bound(
+                            &c,
+                            &av,
+                            &bv,
+                            &format!("{isa} {m}x{n}x{k} sa {:?} sb {:?}", sa.dim(), sb.dim()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn thread_count_does_not_change_results() {
+    let mut rng = Rng(3);
+    for isa in arch::available() {
+        for &(m, n, k, kind) in &[(300, 200, 300, Kind::E4M3), (4, 1000, 300, Kind::F32)] {
+            let a = Data::random(kind, m, k, false, &mut rng);
+            let b = Data::random(Kind::E4M3, k, n, true, &mut rng);
+            let s = Scales {
+                block: 128,
+                ..Default::default()
+            };
+            crate::threads::set_num_threads(1).unwrap();
+            let c1 = run(isa, &a, &b, &s, m, n);
+            crate::threads::set_num_threads(2).unwrap();
+            let c2 = run(isa, &a, &b, &s, m, n);
+            assert_eq!(
+                c1.mapv(f32::to_bits),
+                c2.mapv(f32::to_bits),
+                "{isa} {m}x{n}x{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nan_and_inf_reach_only_their_outputs() {
+    for isa in arch::available() {
+        for &(m, n, k) in &[(20, 40, 50), (2, 40, 50)] {
+            let mut a = Array2::from_elem((m, k), 0x38u8); // 1.0
+            a[[1, 7]] = 0x7F; // NaN
+            let mut b = Array2::from_elem((k, n).f(), 0x38u8);
+            b[[3, 5]] = 0x7F; // NaN
+            let (a, b) = (Data::Fp8(a, Format::E4M3), Data::Fp8(b, Format::E4M3));
+            let c = run(
+                isa,
+                &a,
+                &b,
+                &Scales {
+                    block: 128,
+                    ..Default::default()
+                },
+                m,
+                n,
+            );
+            for ((i, j), &v) in c.indexed_iter() {
+                assert_eq!(v.is_nan(), i == 1 || j == 5, "{isa} c[{i},{j}] = {v}");
+                if !v.is_nan() {
+                    assert_eq!(v, k as f32);
+                }
+            }
+            // E5M2 infinity: +inf in one element of b gives +inf in its column (all-positive
+            // operands), nowhere else.
+            let mut b = Array2::from_elem((k, n), 0x3Cu8);
+            b[[2, 4]] = 0x7C;
+            let a = Data::Fp8(Array2::from_elem((m, k), 0x3Cu8), Format::E5M2);
+            let c = run(
+                isa,
+                &a,
+                &Data::Fp8(b, Format::E5M2),
+                &Scales {
+                    block: 128,
+                    ..Default::default()
+                },
+                m,
+                n,
+            );
+            for ((i, j), &v) in c.indexed_iter() {
+                assert_eq!(v == f32::INFINITY, j == 4, "{isa} c[{i},{j}] = {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn output_types_batches_and_errors() {
+    let mut rng = Rng(9);
+    // Batched: a (2, 1, 5, 7) @ b (3, 7, 4) -> (2, 3, 5, 4), f16 output.
+    let a = ArrayD::from_shape_simple_fn(IxDyn(&[2, 1, 5, 7]), || rng.fp8(Format::E4M3));
+    let b = ArrayD::from_shape_simple_fn(IxDyn(&[3, 7, 4]), || rng.f32());
+    let mut out = ArrayD::<f16>::from_elem(IxDyn(&[2, 3, 5, 4]), f16::NAN);
+    let (oa, ob) = (Operand::Fp8(a.view(), Format::E4M3), Operand::F32(b.view()));
+    let s = Scales {
+        block: 128,
+        ..Default::default()
+    };
+    matmul(&oa, &ob, &s, Output::F16(out.view_mut())).unwrap();
+    for i in 0..2 {
+        for j in 0..3 {
+            let av = a
+                .index_axis(ndarray::Axis(0), i)
+                .index_axis(ndarray::Axis(0), 0)
+                .mapv(|c| decode_f64(c, Format::E4M3));
+            let bv = b.index_axis(ndarray::Axis(0), j).mapv(f64::from);
+            let av = av.into_dimensionality::<ndarray::Ix2>().unwrap();
+            let bv = bv.into_dimensionality::<ndarray::Ix2>().unwrap();
+            let want = av.dot(&bv);
+            let got = out
+                .index_axis(ndarray::Axis(0), i)
+                .index_axis(ndarray::Axis(0), j)
+                .mapv(f64::from);
+            for (g, w) in got.iter().zip(want.iter()) {
+                // f16 rounding of the result dominates: half an f16 ulp plus the f32 bound.
+                assert!(
+                    (g - w).abs() <= w.abs() * 2f64.powi(-11) + 1e-3,
+                    "{g} vs {w}"
+                );
+            }
+        }
+    }
+    // Errors name the shapes.
+    let a2 = ArrayD::<f32>::zeros(IxDyn(&[3, 4]));
+    let b2 = ArrayD::<f32>::zeros(IxDyn(&[5, 2]));
+    let mut o2 = ArrayD::<f32>::zeros(IxDyn(&[3, 2]));
+    let e = matmul(
+        &Operand::F32(a2.view()),
+        &Operand::F32(b2.view()),
+        &s,
+        Output::F32(o2.view_mut()),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("(3, 4)") && e.to_string().contains("(5, 2)"),
+        "{e}"
+    );
+    let a3 = ArrayD::<f32>::zeros(IxDyn(&[2, 3, 4]));
+    let b3 = ArrayD::<f32>::zeros(IxDyn(&[3, 4, 2]));
+    let mut o3 = ArrayD::<f32>::zeros(IxDyn(&[3, 3, 2]));
+    let e = matmul(
+        &Operand::F32(a3.view()),
+        &Operand::F32(b3.view()),
+        &s,
+        Output::F32(o3.view_mut()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("do not broadcast"), "{e}");
+    let b4 = ArrayD::<f32>::zeros(IxDyn(&[4, 2]));
+    let bad = Array2::<f32>::ones((2, 2));
+    let s_bad = Scales {
+        a: Some(bad.view()),
+        b: None,
+        block: 128,
+    };
+    let e = matmul(
+        &Operand::F32(a2.view()),
+        &Operand::F32(b4.view()),
+        &s_bad,
+        Output::F32(o2.view_mut()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("scale_a has shape (2, 2)"), "{e}");
+}

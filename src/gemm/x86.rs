@@ -1,0 +1,214 @@
+//! x86-64 microkernels (AVX2+FMA, AVX-512 F, AVX-512 BF16) and GEMV kernels.
+//!
+//! Register blocking (row-major C, vectors along N, A broadcast from the packed panel):
+//!
+//! | kernel | MR x NR | accumulators | per K step |
+//! |---|---|---|---|
+//! | AVX2 f32 | 6 x 16 | 12 ymm | 2 B loads, 6 broadcasts, 12 FMA |
+//! | AVX-512 f32 | 14 x 32 | 28 zmm | 2 B loads, 14 broadcasts, 28 FMA |
+//! | AVX-512 BF16 | 14 x 32 | 28 zmm | per K *pair*: 2 B loads, 14 broadcasts, 28 `vdpbf16ps` |
+//!
+//! `vdpbf16ps` (Intel SDM, VDPBF16PS) computes per float32 lane
+//! `acc += a[2i+1] * b[2i+1]; acc += a[2i] * b[2i]` with round-to-nearest-even, denormal
+//! inputs treated as zero and denormal outputs flushed, independent of MXCSR. For FP8 inputs
+//! decoded to bfloat16 every product is exact in float32 and no input, product or partial sum
+//! of FP8 products is denormal (|products| >= 2^-32), so each lane sees at most one rounding
+//! per product, like two FMAs, and the `(k + 2) * 2^-23` bound holds. The summation order
+//! within a pair differs from the float32 kernel, so the two kernels agree to the bound, not
+//! bit for bit.
+
+#[allow(clippy::wildcard_imports)]
+use std::arch::x86_64::*;
+
+use super::driver::Micro;
+
+/// AVX2 + FMA float32 kernel family.
+pub(crate) static AVX2_F32: Micro<f32> = Micro {
+    mr: 6,
+    nr: 16,
+    kc: 256,
+    mc: 120,
+    nc: 3072,
+    func: avx2_f32_6x16,
+};
+
+/// AVX-512 float32 kernel family.
+pub(crate) static AVX512_F32: Micro<f32> = Micro {
+    mr: 14,
+    nr: 32,
+    kc: 256,
+    mc: 196,
+    nc: 4096,
+    func: avx512_f32_14x32,
+};
+
+/// AVX-512 BF16 kernel family (FP8 x FP8 only).
+pub(crate) static AVX512_BF16: Micro<u16> = Micro {
+    mr: 14,
+    nr: 32,
+    kc: 512,
+    mc: 196,
+    nc: 4096,
+    func: avx512_bf16_14x32,
+};
+
+/// # Safety
+/// AVX2 + FMA available; `a` holds `kc * 6` floats, `b` `kc * 16`, `sa` 6, `sb` 16; C is a
+/// 6 x 16 tile with row stride `ldc`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_f32_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    const MR: usize = 6;
+    // SAFETY: every pointer access stays within the lengths the caller guarantees.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_set1_ps(*a.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(16);
+        }
+        let s0 = _mm256_loadu_ps(sb);
+        let s1 = _mm256_loadu_ps(sb.add(8));
+        for (i, row) in acc.iter().enumerate() {
+            let si = _mm256_set1_ps(*sa.add(i));
+            let cp = c.offset(i as isize * ldc);
+            let t0 = _mm256_mul_ps(row[0], s0);
+            let t1 = _mm256_mul_ps(row[1], s1);
+            if first {
+                _mm256_storeu_ps(cp, _mm256_mul_ps(t0, si));
+                _mm256_storeu_ps(cp.add(8), _mm256_mul_ps(t1, si));
+            } else {
+                _mm256_storeu_ps(cp, _mm256_fmadd_ps(t0, si, _mm256_loadu_ps(cp)));
+                _mm256_storeu_ps(
+                    cp.add(8),
+                    _mm256_fmadd_ps(t1, si, _mm256_loadu_ps(cp.add(8))),
+                );
+            }
+        }
+    }
+}
+
+/// Scale the 14 x 32 accumulator tile and store (or accumulate) it into C.
+///
+/// # Safety
+/// AVX-512 F available; `sa` holds 14 floats, `sb` 32; C is a 14 x 32 tile.
+#[inline(always)]
+unsafe fn store_14x32(
+    acc: &[[__m512; 2]; 14],
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    // SAFETY: pointer accesses within the caller's guarantees.
+    unsafe {
+        let s0 = _mm512_loadu_ps(sb);
+        let s1 = _mm512_loadu_ps(sb.add(16));
+        for (i, row) in acc.iter().enumerate() {
+            let si = _mm512_set1_ps(*sa.add(i));
+            let cp = c.offset(i as isize * ldc);
+            let t0 = _mm512_mul_ps(row[0], s0);
+            let t1 = _mm512_mul_ps(row[1], s1);
+            if first {
+                _mm512_storeu_ps(cp, _mm512_mul_ps(t0, si));
+                _mm512_storeu_ps(cp.add(16), _mm512_mul_ps(t1, si));
+            } else {
+                _mm512_storeu_ps(cp, _mm512_fmadd_ps(t0, si, _mm512_loadu_ps(cp)));
+                _mm512_storeu_ps(
+                    cp.add(16),
+                    _mm512_fmadd_ps(t1, si, _mm512_loadu_ps(cp.add(16))),
+                );
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F available; `a` holds `kc * 14` floats, `b` `kc * 32`, `sa` 14, `sb` 32; C is a
+/// 14 x 32 tile with row stride `ldc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_f32_14x32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    const MR: usize = 14;
+    // SAFETY: every pointer access stays within the lengths the caller guarantees.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(32);
+        }
+        store_14x32(&acc, c, ldc, first, sa, sb);
+    }
+}
+
+/// # Safety
+/// AVX-512 F + BF16 available; `a` holds `kp * 14` bfloat16 pairs, `b` `kp * 32` pairs, `sa`
+/// 14 floats, `sb` 32; C is a 14 x 32 tile with row stride `ldc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_bf16_14x32(
+    kp: usize,
+    a: *const u16,
+    b: *const u16,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    const MR: usize = 14;
+    // SAFETY: every pointer access stays within the lengths the caller guarantees; the
+    // transmutes reinterpret 512-bit integer vectors as 32 bfloat16 lanes (same size, any
+    // bit pattern valid).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut a = a.cast::<i32>();
+        let mut b = b.cast::<i32>();
+        for _ in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i)));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+            }
+            a = a.add(MR);
+            b = b.add(32);
+        }
+        store_14x32(&acc, c, ldc, first, sa, sb);
+    }
+}
