@@ -1,0 +1,358 @@
+"""fp8fast.matmul / linear against a float64 reference computed here from the decoded operands.
+
+Every test that runs kernels is parametrized over the ISA paths this CPU has (the `isa`
+fixture), so each microkernel (scalar, AVX2, AVX-512, AVX-512 BF16) and GEMV kernel is checked.
+The accuracy contract: |c - ref| <= (k + 2) * 2**-23 * (|A| @ |B|) elementwise, where A and B
+are the scaled operands in float64.
+"""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fp8fast._core as core
+from fp8fast._gemm import linear, matmul
+
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E5M2 = np.dtype(ml_dtypes.float8_e5m2)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
+KINDS = {"e4m3": E4M3, "e5m2": E5M2, "f32": F32, "f16": F16, "bf16": BF16}
+
+
+@pytest.fixture(params=core.available_isas())
+def isa(request):
+    previous = core.get_isa()
+    core.set_isa(request.param)
+    yield request.param
+    core.set_isa(previous)
+
+
+@pytest.fixture
+def threads():
+    previous = core.get_num_threads()
+    yield core.set_num_threads
+    core.set_num_threads(previous)
+
+
+def rand(rng, shape, dtype, order="C"):
+    x = rng.standard_normal(shape).astype(np.float32) * 2
+    x = np.asarray(x, order=order)
+    return x.astype(dtype, order="K")
+
+
+def f64(x, fmt=None):
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        x = x.view(E4M3 if fmt == "e4m3" else E5M2)
+    return x.astype(np.float64)
+
+
+def expand_scale(s, rows, cols, block, is_a):
+    """A scale of matmul's layouts expanded to a full (rows, cols) float64 array."""
+    if s is None:
+        return np.ones((rows, cols))
+    s = np.asarray(s, dtype=np.float32).astype(np.float64)
+    if s.ndim == 0:
+        s = s.reshape(1, 1)
+    elif s.ndim == 1:
+        s = s.reshape(-1, 1) if is_a else s.reshape(1, -1)
+    outer_axis = 0 if is_a else 1
+    for axis, full in ((0, rows), (1, cols)):
+        n = s.shape[axis]
+        if n == 1:
+            s = np.repeat(s, full, axis=axis)
+        elif n != full or (axis != outer_axis):
+            # Blocked (K is always blocked when longer than 1).
+            s = np.repeat(s, block, axis=axis).take(np.arange(full), axis=axis)
+    return s
+
+
+def reference(a, b, sa=None, sb=None, block=128, fmt_a=None, fmt_b=None):
+    A, B = f64(a, fmt_a), f64(b, fmt_b)
+    if A.ndim == 1:
+        A = A[None, :]
+    if B.ndim == 1:
+        B = B[:, None]
+    A = A * expand_scale(sa, A.shape[-2], A.shape[-1], block, True)
+    B = B * expand_scale(sb, B.shape[-2], B.shape[-1], block, False)
+    return A @ B, np.abs(A) @ np.abs(B), A.shape[-1]
+
+
+def check(c, a, b, sa=None, sb=None, block=128, fmt_a=None, fmt_b=None, out_unit=0.0):
+    ref, absref, k = reference(a, b, sa, sb, block, fmt_a, fmt_b)
+    ref = ref.reshape(c.shape)
+    absref = absref.reshape(c.shape)
+    tol = (k + 2) * 2.0**-23 * absref
+    # Rounding the float32 result to float16 / bfloat16 adds half an ulp of the output.
+    tol = tol * (1 + out_unit) + out_unit * np.abs(ref) + (2.0**-24 if out_unit else 0.0)
+    err = np.abs(c.astype(np.float64) - ref)
+    bad = ~(err <= tol)
+    assert not bad.any(), (
+        f"{bad.sum()} of {bad.size} outside the bound; first at {np.argwhere(bad)[0]}: "
+        f"got {c[tuple(np.argwhere(bad)[0])]}, want {ref[tuple(np.argwhere(bad)[0])]}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per kernel: identity first, then sizes around MR / NR / MC / KC.
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("m,k", [(1, 1), (13, 31), (15, 33), (29, 70)])
+def test_identity_exact(isa, dtype, m, k):
+    rng = np.random.default_rng(m * 100 + k)
+    a = rand(rng, (m, k), dtype)
+    eye = np.eye(k, dtype=np.float32).astype(dtype)
+    want = a.astype(np.float32)
+    np.testing.assert_array_equal(matmul(a, eye), want)  # GEMM path (b row-major)
+    np.testing.assert_array_equal(matmul(a, np.asfortranarray(eye)), want)  # GEMV for m <= 8
+
+
+# MR in {4, 6, 14} (scalar, AVX2, AVX-512), NR in {8, 16, 32}, MC + 1 = 197, KC + 1 = 257.
+SHAPES = [
+    (0, 5, 7), (5, 0, 7), (5, 7, 0), (1, 1, 1), (3, 5, 13), (4, 8, 6), (5, 9, 14),
+    (13, 31, 15), (14, 32, 257), (15, 33, 300), (197, 17, 65), (1, 1000, 300),
+    (8, 300, 1000), (9, 300, 257), (300, 14, 1000), (1000, 15, 13), (121, 97, 129),
+]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_shapes_e4m3(isa, m, n, k):
+    rng = np.random.default_rng(m + 7 * n + 13 * k)
+    a = rand(rng, (m, k), E4M3)
+    w = rand(rng, (n, k), E4M3)  # [out, in] weight: b = w.T, the GEMV / transposed layout
+    check(matmul(a, w.T), a, w.T)
+    b = rand(rng, (k, n), E5M2)
+    check(matmul(a, b), a, b)
+
+
+@pytest.mark.parametrize("ka", list(KINDS))
+@pytest.mark.parametrize("kb", list(KINDS))
+@pytest.mark.parametrize("m,n,k", [(37, 45, 300), (3, 70, 130)])
+def test_dtype_combinations(isa, ka, kb, m, n, k):
+    rng = np.random.default_rng(len(ka) * 31 + len(kb) + m)
+    a = rand(rng, (m, k), KINDS[ka])
+    b = rand(rng, (n, k), KINDS[kb]).T
+    check(matmul(a, b), a, b)
+
+
+def test_uint8_bits_with_format(isa):
+    rng = np.random.default_rng(1)
+    a = rand(rng, (20, 40), E4M3)
+    b = rand(rng, (40, 30), E5M2)
+    c = matmul(a.view(np.uint8), b.view(np.uint8), fmt_a="e4m3", fmt_b="e5m2")
+    np.testing.assert_array_equal(c, matmul(a, b))
+    check(c, a.view(np.uint8), b.view(np.uint8), fmt_a="e4m3", fmt_b="e5m2")
+
+
+# --------------------------------------------------------------------------------------------
+# Scales.
+
+
+def scale_cases(m, n, k, block):
+    kb, mb, nb = -(-k // block), -(-m // block), -(-n // block)
+    return {
+        "tensor": ((), ()),
+        "tensor-1": ((1,), (1, 1)),
+        "row-col": ((m,), (n,)),
+        "row-col-2d": ((m, 1), (1, n)),
+        "block-a-1x128": ((m, kb), ()),
+        "block-b-128x128": ((), (kb, nb)),
+        "deepseek": ((m, kb), (kb, nb)),
+        "block-both-square": ((mb, kb), (kb, nb)),
+        "k-only": ((1, kb), (kb, 1)),
+        "col-block-k": ((m, 1), (kb, n)),
+    }
+
+
+@pytest.mark.parametrize("layout", list(scale_cases(1, 1, 1, 1)))
+@pytest.mark.parametrize("m,n,k,block", [(40, 70, 300, 128), (5, 100, 200, 32), (130, 33, 129, 64)])
+def test_scale_layouts(isa, layout, m, n, k, block):
+    rng = np.random.default_rng(hash(layout) % 1000 + m)
+    a = rand(rng, (m, k), E4M3)
+    w = rand(rng, (n, k), E4M3)
+    sa_shape, sb_shape = scale_cases(m, n, k, block)[layout]
+    sa = (rng.random(sa_shape) * 4 + 0.1).astype(np.float32)
+    sb = (rng.random(sb_shape) * 4 + 0.1).astype(np.float32)
+    c = matmul(a, w.T, scale_a=sa, scale_b=sb, block=block)
+    check(c, a, w.T, sa, sb, block)
+
+
+def test_e8m0_and_float64_scales_are_accepted():
+    rng = np.random.default_rng(2)
+    a, b = rand(rng, (10, 256), E4M3), rand(rng, (256, 12), E4M3)
+    sa = np.array([[0.5, 4.0]]).astype(ml_dtypes.float8_e8m0fnu)
+    sb = np.float64(0.25)
+    check(matmul(a, b, scale_a=sa, scale_b=sb), a, b, sa, sb)
+
+
+# --------------------------------------------------------------------------------------------
+# Views, batches, outputs.
+
+
+def test_strided_and_negative_views(isa):
+    rng = np.random.default_rng(3)
+    base_a = rand(rng, (60, 90), E4M3)
+    base_b = rand(rng, (90, 80), F32)
+    cases = [
+        (base_a[::-1], base_b),
+        (base_a[:, ::-1], base_b[::-1]),
+        (base_a[::2, 1::3], base_b[1::3, ::-2]),
+        (base_a.T[::3, :60], base_b[:60].T.T),
+        (base_a[:6, ::-1], rand(rng, (40, 90), E5M2)[::-1].T),  # GEMV, negative stride
+    ]
+    for a, b in cases:
+        check(matmul(a, b), a, b)
+
+
+def test_batched_and_vector_shapes(isa):
+    rng = np.random.default_rng(4)
+    a = rand(rng, (2, 1, 5, 40), E4M3)
+    b = rand(rng, (3, 40, 7), E5M2)
+    c = matmul(a, b)
+    assert c.shape == (2, 3, 5, 7)
+    want = f64(a) @ f64(b)
+    np.testing.assert_allclose(c, want, rtol=0, atol=(40 + 2) * 2.0**-23 * (np.abs(f64(a)) @ np.abs(f64(b))).max())
+    for i in range(2):
+        for j in range(3):
+            check(c[i, j], a[i, 0], b[j])
+    v = rand(rng, (40,), F32)
+    check(matmul(v, b[0]), v, b[0])
+    assert matmul(v, b).shape == (3, 7)
+    assert matmul(a, v).shape == (2, 1, 5)
+    check(matmul(a[1, 0], v), a[1, 0], v)
+    assert matmul(v, v.astype(E4M3)).shape == ()
+    check(matmul(v, v.astype(E4M3)), v, v.astype(E4M3))
+
+
+@pytest.mark.parametrize("out_dtype,unit", [(F32, 0.0), (F16, 2.0**-11), (BF16, 2.0**-8)])
+def test_out_dtype_and_out(isa, out_dtype, unit):
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, (33, 50), E4M3), rand(rng, (50, 40), E4M3)
+    c = matmul(a, b, out_dtype=out_dtype)
+    assert c.dtype == out_dtype
+    check(c, a, b, out_unit=unit)
+    # out= written in place: NaN-filled, strided, and it must be the returned object.
+    big = np.full((33, 80), np.nan, dtype=out_dtype)
+    out = big[:, ::2]
+    res = matmul(a, b, out=out)
+    assert res is out
+    check(out, a, b, out_unit=unit)
+    assert np.isnan(big[:, 1::2].astype(np.float32)).all(), "wrote outside out"
+
+
+@pytest.mark.parametrize("m", [2, 50])
+def test_nan_filled_out_does_not_leak(isa, m):
+    rng = np.random.default_rng(6)
+    a, w = rand(rng, (m, 300), E4M3), rand(rng, (64, 300), E4M3)
+    out = np.full((m, 64), np.nan, dtype=np.float32)
+    matmul(a, w.T, out=out, scale_b=np.ones((3, 1), np.float32))
+    assert np.isfinite(out).all()
+    check(out, a, w.T)
+    out[:] = np.nan
+    matmul(a[:, :0], w.T[:0], out=out)  # k = 0: zeros
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_out_overlapping_input():
+    a = np.ones((8, 8), np.float32)
+    want = matmul(a, a)
+    matmul(a, a, out=a)
+    np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("m,n,k", [(300, 200, 600), (3, 1000, 700), (60, 700, 300)])
+def test_thread_count_does_not_change_results(isa, threads, m, n, k):
+    rng = np.random.default_rng(7)
+    a, w = rand(rng, (m, k), F32 if m == 3 else E4M3), rand(rng, (n, k), E4M3)
+    sb = (rng.random((1, n)) + 0.5).astype(np.float32)
+    threads(1)
+    c1 = matmul(a, w.T, scale_b=sb)
+    c1b = matmul(a, np.ascontiguousarray(w.T), scale_a=np.float32(0.5), block=64)
+    threads(2)
+    c2 = matmul(a, w.T, scale_b=sb)
+    c2b = matmul(a, np.ascontiguousarray(w.T), scale_a=np.float32(0.5), block=64)
+    np.testing.assert_array_equal(c1.view(np.uint32), c2.view(np.uint32))
+    np.testing.assert_array_equal(c1b.view(np.uint32), c2b.view(np.uint32))
+
+
+@pytest.mark.parametrize("m", [3, 40])
+def test_nan_inf_propagation(isa, m):
+    k, n = 70, 50
+    a = np.ones((m, k), E4M3)
+    w = np.ones((n, k), E5M2)
+    a[1, 7] = np.nan
+    w[5, 3] = np.inf  # column 5 of b = w.T
+    c = matmul(a, w.T)
+    expect_nan = np.zeros((m, n), bool)
+    expect_nan[1, :] = True
+    expect_inf = np.zeros((m, n), bool)
+    expect_inf[:, 5] = True
+    expect_inf[1, :] = False
+    np.testing.assert_array_equal(np.isnan(c), expect_nan)
+    np.testing.assert_array_equal(np.isposinf(c), expect_inf)
+    np.testing.assert_array_equal(c[~expect_nan & ~expect_inf], k)
+
+
+# --------------------------------------------------------------------------------------------
+# linear.
+
+
+def test_linear_layouts(isa):
+    rng = np.random.default_rng(8)
+    x = rand(rng, (2, 3, 256), BF16)
+    w = rand(rng, (300, 256), E4M3)
+    bias = rng.standard_normal(300).astype(np.float32)
+    for w_scale, sb in [
+        (None, None),
+        (np.float32(0.5), np.float32(0.5)),
+        (np.linspace(0.1, 2, 300, dtype=np.float32), np.linspace(0.1, 2, 300, dtype=np.float32)),
+        (np.ones((300, 1), np.float32) * 3, np.full((1, 300), 3, np.float32)),
+        ((rng.random((3, 2)) + 0.5).astype(np.float32), None),
+    ]:
+        if sb is None and w_scale is not None:
+            sb = w_scale.T
+        y = linear(x, w, w_scale=w_scale, bias=bias)
+        assert y.shape == (2, 3, 300) and y.dtype == np.float32
+        ref, absref, k = reference(x.reshape(6, 256), w.T, None, sb, 128)
+        tol = (k + 3) * 2.0**-23 * (absref + np.abs(bias))
+        assert (np.abs(y.reshape(6, 300) - (ref + bias)) <= tol).all()
+    y16 = linear(x[0, 0], w, out_dtype=np.float16)
+    assert y16.dtype == np.float16 and y16.shape == (300,)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors name the problem.
+
+
+def test_errors():
+    a = np.zeros((3, 4), E4M3)
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(5, 2\)"):
+        matmul(a, np.zeros((5, 2), E4M3))
+    with pytest.raises(ValueError, match=r"do not broadcast"):
+        matmul(np.zeros((2, 3, 4), E4M3), np.zeros((3, 4, 2), E4M3))
+    with pytest.raises(ValueError, match=r"scale_a has shape \(2, 2\)"):
+        matmul(a, np.zeros((4, 2), E4M3), scale_a=np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"scale_b has shape \(1, 3\)"):
+        matmul(a, np.zeros((4, 2), E4M3), scale_b=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"float64"):
+        matmul(np.zeros((3, 4)), np.zeros((4, 2), E4M3))
+    with pytest.raises(TypeError, match=r"int32"):
+        matmul(a, np.zeros((4, 2), np.int32))
+    with pytest.raises(TypeError, match=r"fmt_a"):
+        matmul(np.zeros((3, 4), np.uint8), np.zeros((4, 2), E4M3))
+    with pytest.raises(ValueError, match=r"unknown FP8 format"):
+        matmul(np.zeros((3, 4), np.uint8), np.zeros((4, 2), E4M3), fmt_a="e3m4")
+    with pytest.raises(TypeError, match=r"out_dtype"):
+        matmul(a, np.zeros((4, 2), E4M3), out_dtype=np.float64)
+    with pytest.raises(ValueError, match=r"out has shape \(3, 3\)"):
+        matmul(a, np.zeros((4, 2), E4M3), out=np.zeros((3, 3), np.float32))
+    with pytest.raises(TypeError, match=r"out"):
+        matmul(a, np.zeros((4, 2), E4M3), out=np.zeros((3, 2), np.float64))
+    with pytest.raises(ValueError, match=r"at least one dimension"):
+        matmul(np.float32(1), np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match=r"block"):
+        matmul(a, np.zeros((4, 2), E4M3), block=0)
+    with pytest.raises(ValueError, match=r"w must be a 2-D"):
+        linear(np.zeros(4, np.float32), np.zeros(4, E4M3))
