@@ -215,31 +215,33 @@ mod x86 {
         out: *mut f32,
     ) {
         macro_rules! go {
-            ($r:literal) => {
+            ($r:literal, $c:literal) => {
                 // SAFETY: forwarded from the caller.
                 unsafe {
                     match fmt {
-                        Format::E4M3 => dot512::<$r, true>(klen, x, ldx, w, ldw, ncols, out),
-                        Format::E5M2 => dot512::<$r, false>(klen, x, ldx, w, ldw, ncols, out),
+                        Format::E4M3 => dot512::<$r, $c, true>(klen, x, ldx, w, ldw, ncols, out),
+                        Format::E5M2 => dot512::<$r, $c, false>(klen, x, ldx, w, ldw, ncols, out),
                     }
                 }
             };
         }
         match rows {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            _ => go!(8),
+            1 => go!(1, 4),
+            2 => go!(2, 4),
+            3 => go!(3, 4),
+            4 => go!(4, 4),
+            5 => go!(5, 2),
+            6 => go!(6, 2),
+            7 => go!(7, 2),
+            _ => go!(8, 2),
         }
     }
 
-    /// Two weight rows at a time against `R` activation rows (2R accumulators).
+    /// `C` weight rows at a time against `R` activation rows (`R * C` accumulators): several
+    /// weight streams in flight keep the memory system busy, and each decoded vector is used
+    /// `R` times.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn dot512<const R: usize, const E4M3: bool>(
+    unsafe fn dot512<const R: usize, const C: usize, const E4M3: bool>(
         klen: usize,
         x: *const f32,
         ldx: usize,
@@ -262,43 +264,48 @@ mod x86 {
         let tail_mask: u16 = if tail == 0 { 0 } else { (1u16 << tail) - 1 };
         let mut j = 0;
         while j < ncols {
-            // An odd last column is computed twice (its own pair) and stored once.
-            let j1 = (j + 1).min(ncols - 1);
-            // SAFETY: rows j and j1 of w hold klen bytes; x rows hold klen floats; the tail
-            // loads are masked to the remaining elements.
+            // Past the last column, the last one is computed again and not stored.
+            let cols: [usize; C] = std::array::from_fn(|c| (j + c).min(ncols - 1));
+            // SAFETY: rows `cols` of w hold klen bytes; x rows hold klen floats; the tail
+            // loads are masked to the remaining elements; prefetches do not fault.
             unsafe {
-                let w0 = w.offset(j as isize * ldw);
-                let w1 = w.offset(j1 as isize * ldw);
-                let mut acc0 = [_mm512_setzero_ps(); R];
-                let mut acc1 = [_mm512_setzero_ps(); R];
+                let wr: [*const u8; C] = cols.map(|c| w.offset(c as isize * ldw));
+                let mut acc = [[_mm512_setzero_ps(); R]; C];
                 let mut p = 0;
                 while p + 16 <= klen {
-                    let d0 = decode(_mm_loadu_si128(w0.add(p).cast()));
-                    let d1 = decode(_mm_loadu_si128(w1.add(p).cast()));
+                    if p % 64 == 0 {
+                        for row in wr {
+                            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p + 1024).cast());
+                        }
+                    }
+                    let d: [__m512; C] = wr.map(|row| decode(_mm_loadu_si128(row.add(p).cast())));
                     for r in 0..R {
                         let xv = _mm512_loadu_ps(x.add(r * ldx + p));
-                        acc0[r] = _mm512_fmadd_ps(xv, d0, acc0[r]);
-                        acc1[r] = _mm512_fmadd_ps(xv, d1, acc1[r]);
+                        for c in 0..C {
+                            acc[c][r] = _mm512_fmadd_ps(xv, d[c], acc[c][r]);
+                        }
                     }
                     p += 16;
                 }
                 if tail != 0 {
-                    let d0 = decode(_mm_maskz_loadu_epi8(tail_mask, w0.add(p).cast()));
-                    let d1 = decode(_mm_maskz_loadu_epi8(tail_mask, w1.add(p).cast()));
+                    let d: [__m512; C] =
+                        wr.map(|row| decode(_mm_maskz_loadu_epi8(tail_mask, row.add(p).cast())));
                     for r in 0..R {
                         let xv = _mm512_maskz_loadu_ps(tail_mask, x.add(r * ldx + p));
-                        acc0[r] = _mm512_fmadd_ps(xv, d0, acc0[r]);
-                        acc1[r] = _mm512_fmadd_ps(xv, d1, acc1[r]);
+                        for c in 0..C {
+                            acc[c][r] = _mm512_fmadd_ps(xv, d[c], acc[c][r]);
+                        }
                     }
                 }
-                for r in 0..R {
-                    *out.add(r * ncols + j) = _mm512_reduce_add_ps(acc0[r]);
-                    if j1 != j {
-                        *out.add(r * ncols + j1) = _mm512_reduce_add_ps(acc1[r]);
+                for c in 0..C {
+                    if j + c < ncols {
+                        for r in 0..R {
+                            *out.add(r * ncols + j + c) = _mm512_reduce_add_ps(acc[c][r]);
+                        }
                     }
                 }
             }
-            j += 2;
+            j += C;
         }
     }
 

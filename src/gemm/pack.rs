@@ -86,28 +86,103 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
     };
     let t = tables::bf16_table(fmt);
     let kp = src.kc.div_ceil(2);
+    let full_pairs = src.kc / 2;
     let panels = src.width.div_ceil(panel);
+    assert!(
+        dst.len() >= panels * kp * panel * 2,
+        "pack buffer too small"
+    );
+    let (ks, ws) = (src.ks, src.ws);
+    let d = dst.as_mut_ptr();
+    let code = |off: isize| -> u16 {
+        // SAFETY: every offset passed below addresses X(p, w) with p < kc, w < width.
+        t[usize::from(unsafe { *ptr.offset(off) })].to_bits()
+    };
     for q in 0..panels {
         let w0 = q * panel;
         let wn = panel.min(src.width - w0);
-        let out = &mut dst[q * kp * panel * 2..(q + 1) * kp * panel * 2];
-        for pp in 0..kp {
-            let row = &mut out[pp * panel * 2..(pp + 1) * panel * 2];
-            let p = 2 * pp;
-            for w in 0..wn {
-                let off = p as isize * src.ks + (w0 + w) as isize * src.ws;
-                // SAFETY: X(p, w0 + w) is inside the source (p < kc, w0 + w < width).
-                let lo = unsafe { *ptr.offset(off) };
-                row[2 * w] = t[usize::from(lo)].to_bits();
-                row[2 * w + 1] = if p + 1 < src.kc {
-                    // SAFETY: X(p + 1, w0 + w) is inside the source.
-                    let hi = unsafe { *ptr.offset(off + src.ks) };
-                    t[usize::from(hi)].to_bits()
-                } else {
-                    0
-                };
+        let qbase = q * kp * panel * 2;
+        // SAFETY (writes): indices below `qbase + kp * panel * 2 <= dst.len()`.
+        unsafe {
+            if ks == 1 {
+                // Contiguous along K (A row-major, B = w.T): the two codes of a pair are
+                // adjacent bytes. Walk K outermost so the `wn` lines are read as parallel
+                // sequential streams (prefetch-friendly) and the panel is written in order.
+                let out32 = d.add(qbase).cast::<u32>();
+                let base = ptr.offset(w0 as isize * ws);
+                for pp in 0..full_pairs {
+                    let row = out32.add(pp * panel);
+                    for w in 0..wn {
+                        let bytes = base.offset(w as isize * ws).add(2 * pp);
+                        let lo = u32::from(t[usize::from(*bytes)].to_bits());
+                        let hi = u32::from(t[usize::from(*bytes.add(1))].to_bits());
+                        row.add(w).write_unaligned(lo | hi << 16);
+                    }
+                }
+                if kp > full_pairs {
+                    let row = out32.add(full_pairs * panel);
+                    for w in 0..wn {
+                        let lo = *base.offset(w as isize * ws).add(2 * full_pairs);
+                        row.add(w)
+                            .write_unaligned(u32::from(t[usize::from(lo)].to_bits()));
+                    }
+                }
+            } else if ks.unsigned_abs() < ws.unsigned_abs() {
+                // Nearly contiguous along K: walk each line along K.
+                for w in 0..wn {
+                    let line = (w0 + w) as isize * ws;
+                    let out = d.add(qbase + 2 * w);
+                    if ks == 1 {
+                        // Adjacent bytes form a pair: one 32-bit store per pair.
+                        let bytes = ptr.offset(line);
+                        let out32 = out.cast::<u32>();
+                        for pp in 0..full_pairs {
+                            let lo = u32::from(t[usize::from(*bytes.add(2 * pp))].to_bits());
+                            let hi = u32::from(t[usize::from(*bytes.add(2 * pp + 1))].to_bits());
+                            out32.add(pp * panel).write_unaligned(lo | hi << 16);
+                        }
+                    } else {
+                        for pp in 0..full_pairs {
+                            let off = line + (2 * pp) as isize * ks;
+                            *out.add(pp * panel * 2) = code(off);
+                            *out.add(pp * panel * 2 + 1) = code(off + ks);
+                        }
+                    }
+                    if kp > full_pairs {
+                        let off = line + (2 * full_pairs) as isize * ks;
+                        *out.add(full_pairs * panel * 2) = code(off);
+                        *out.add(full_pairs * panel * 2 + 1) = 0;
+                    }
+                }
+            } else {
+                for pp in 0..kp {
+                    let out = d.add(qbase + pp * panel * 2);
+                    let lo = (2 * pp) as isize * ks + w0 as isize * ws;
+                    let has_hi = 2 * pp + 1 < src.kc;
+                    if ws == 1 && has_hi {
+                        // Two source rows contiguous along the panel: one 32-bit store per w.
+                        let (lo_row, hi_row) = (ptr.offset(lo), ptr.offset(lo + ks));
+                        let out32 = out.cast::<u32>();
+                        for w in 0..wn {
+                            let l = u32::from(t[usize::from(*lo_row.add(w))].to_bits());
+                            let h = u32::from(t[usize::from(*hi_row.add(w))].to_bits());
+                            out32.add(w).write_unaligned(l | h << 16);
+                        }
+                        continue;
+                    }
+                    for w in 0..wn {
+                        let off = lo + w as isize * ws;
+                        *out.add(2 * w) = code(off);
+                        *out.add(2 * w + 1) = if has_hi { code(off + ks) } else { 0 };
+                    }
+                }
             }
-            row[2 * wn..].fill(0);
+            for pp in 0..kp {
+                for w in wn..panel {
+                    *d.add(qbase + (pp * panel + w) * 2) = 0;
+                    *d.add(qbase + (pp * panel + w) * 2 + 1) = 0;
+                }
+            }
         }
     }
 }
@@ -124,36 +199,62 @@ unsafe fn pack_typed<S: Copy>(
 ) {
     let kc = src.kc;
     let panels = src.width.div_ceil(panel);
+    assert!(dst.len() >= panels * kc * panel, "pack buffer too small");
+    let (ks, ws) = (src.ks, src.ws);
+    let d = dst.as_mut_ptr();
     for q in 0..panels {
         let w0 = q * panel;
         let wn = panel.min(src.width - w0);
-        let out = &mut dst[q * kc * panel..(q + 1) * kc * panel];
-        // SAFETY: the base of panel q, inside the source.
-        let base = ptr.wrapping_offset(w0 as isize * src.ws);
-        if src.ks.unsigned_abs() < src.ws.unsigned_abs() {
-            // The source is contiguous (or nearly) along K: read each of the `wn` lines along
-            // K in turn and scatter it into the panel (stride `panel`).
-            for w in 0..wn {
-                let line = base.wrapping_offset(w as isize * src.ws);
+        let out = d.wrapping_add(q * kc * panel);
+        // SAFETY: reads address X(p, w0 + w) with p < kc, w < wn (inside the source); writes
+        // stay below `(q + 1) * kc * panel <= dst.len()`.
+        unsafe {
+            if ks == 1 {
+                // Contiguous along K: walk K outermost so the `wn` lines are read as parallel
+                // sequential streams (prefetch-friendly) and the panel is written in order.
+                let base = ptr.offset(w0 as isize * ws);
                 for p in 0..kc {
-                    // SAFETY: X(p, w0 + w) is inside the source.
-                    out[p * panel + w] = conv(unsafe { *line.offset(p as isize * src.ks) });
+                    let row = out.add(p * panel);
+                    for w in 0..wn {
+                        *row.add(w) = conv(*base.offset(w as isize * ws).add(p));
+                    }
+                }
+            } else if ks.unsigned_abs() < ws.unsigned_abs() {
+                // Nearly contiguous along K: read each of the `wn` lines along K in turn and
+                // scatter it into the panel (stride `panel`).
+                for w in 0..wn {
+                    let line = ptr.offset((w0 + w) as isize * ws);
+                    if ks == 1 {
+                        for p in 0..kc {
+                            *out.add(p * panel + w) = conv(*line.add(p));
+                        }
+                    } else {
+                        for p in 0..kc {
+                            *out.add(p * panel + w) = conv(*line.offset(p as isize * ks));
+                        }
+                    }
+                }
+            } else {
+                for p in 0..kc {
+                    let line = ptr.offset(p as isize * ks + w0 as isize * ws);
+                    let row = out.add(p * panel);
+                    if ws == 1 {
+                        for w in 0..wn {
+                            *row.add(w) = conv(*line.add(w));
+                        }
+                    } else {
+                        for w in 0..wn {
+                            *row.add(w) = conv(*line.offset(w as isize * ws));
+                        }
+                    }
                 }
             }
             if wn < panel {
                 for p in 0..kc {
-                    out[p * panel + wn..(p + 1) * panel].fill(0.0);
+                    for w in wn..panel {
+                        *out.add(p * panel + w) = 0.0;
+                    }
                 }
-            }
-        } else {
-            for p in 0..kc {
-                let row = &mut out[p * panel..(p + 1) * panel];
-                let line = base.wrapping_offset(p as isize * src.ks);
-                for (w, slot) in row[..wn].iter_mut().enumerate() {
-                    // SAFETY: X(p, w0 + w) is inside the source.
-                    *slot = conv(unsafe { *line.offset(w as isize * src.ws) });
-                }
-                row[wn..].fill(0.0);
             }
         }
     }
