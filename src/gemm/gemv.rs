@@ -19,9 +19,24 @@ use crate::format::Format;
 use crate::scalar::tables;
 use crate::threads;
 
+/// How a dot kernel reads the weight bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Weights {
+    /// E5M2 codes.
+    E5M2,
+    /// E4M3 codes.
+    E4M3,
+    /// E4M3 codes read as binary16 with E4M3's exponent field, i.e. the value times 2^-8, while
+    /// the activations were multiplied by 2^8: both scalings are exact (no activation is
+    /// within 2^8 of overflow, checked; the smallest E4M3 value, 2^-9, becomes 2^-17, a
+    /// binary16 subnormal), so every product and sum is bit for bit the same, and the kernel
+    /// saves a multiplication per 16 weights.
+    E4M3TimesTwoPowMinus8,
+}
+
 /// Dot-product kernel: `out[r * ncols + j] = sum_p x[r * ldx + p] * decode(w[j * ldw + p])`
 /// for `r < rows`, `j < ncols`, `p < klen`.
-type DotFn = unsafe fn(usize, *const f32, usize, usize, *const u8, isize, usize, Format, *mut f32);
+type DotFn = unsafe fn(usize, *const f32, usize, usize, *const u8, isize, usize, Weights, *mut f32);
 
 /// Columns per work item.
 const COLS_PER_ITEM: usize = 64;
@@ -38,6 +53,17 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     for (i, row) in x.chunks_exact_mut(k).enumerate() {
         // SAFETY: row i of A is inside A.
         unsafe { load_row(a, i, row) };
+    }
+    // Pre-scale the activations for the SIMD E4M3 kernels when exact (see `Weights`).
+    let mut weights = if fmt == Format::E4M3 {
+        Weights::E4M3
+    } else {
+        Weights::E5M2
+    };
+    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
+    if weights == Weights::E4M3 && isa != Isa::Scalar && safe {
+        x.iter_mut().for_each(|v| *v *= 256.0);
+        weights = Weights::E4M3TimesTwoPowMinus8;
     }
     let dot: DotFn = match isa {
         Isa::Scalar => dot_scalar,
@@ -77,7 +103,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
                     w,
                     b.cs,
                     ncols,
-                    fmt,
+                    weights,
                     part.as_mut_ptr(),
                 )
             };
@@ -139,10 +165,14 @@ unsafe fn dot_scalar(
     w: *const u8,
     ldw: isize,
     ncols: usize,
-    fmt: Format,
+    weights: Weights,
     out: *mut f32,
 ) {
-    let t = tables::f32_table(fmt);
+    let t = match weights {
+        Weights::E5M2 => tables::f32_table(Format::E5M2),
+        Weights::E4M3 => tables::f32_table(Format::E4M3),
+        Weights::E4M3TimesTwoPowMinus8 => unreachable!("only chosen for the SIMD kernels"),
+    };
     for j in 0..ncols {
         // SAFETY: weight row j holds klen bytes.
         let wr = unsafe { std::slice::from_raw_parts(w.offset(j as isize * ldw), klen) };
@@ -172,12 +202,24 @@ mod x86 {
     #[allow(clippy::wildcard_imports)]
     use std::arch::x86_64::*;
 
-    use crate::format::Format;
+    use super::Weights;
 
     #[inline(always)]
     unsafe fn decode16_e5m2(bytes: __m128i) -> __m512 {
         // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
         unsafe { _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8)) }
+    }
+
+    /// E4M3 -> float32 times 2^-8 (binary16 reading), NaN codes not handled.
+    #[inline(always)]
+    unsafe fn decode16_e4m3_scaled_no_nan(bytes: __m128i) -> __m512 {
+        // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
+        unsafe {
+            _mm512_cvtph_ps(_mm256_and_si256(
+                _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7),
+                _mm256_set1_epi16(0xBF80u16 as i16),
+            ))
+        }
     }
 
     #[inline(always)]
@@ -195,7 +237,7 @@ mod x86 {
                 _mm_set1_epi8(0x7F),
             );
             let h = _mm256_mask_mov_epi16(h, nan, _mm256_set1_epi16(0x7E00));
-            _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+            _mm512_cvtph_ps(h)
         }
     }
 
@@ -211,23 +253,26 @@ mod x86 {
         w: *const u8,
         ldw: isize,
         ncols: usize,
-        fmt: Format,
+        weights: Weights,
         out: *mut f32,
     ) {
         macro_rules! go {
             ($r:literal, $c:literal) => {
                 // SAFETY: forwarded from the caller.
                 unsafe {
-                    match fmt {
-                        Format::E4M3 => dot512::<$r, $c, true>(klen, x, ldx, w, ldw, ncols, out),
-                        Format::E5M2 => dot512::<$r, $c, false>(klen, x, ldx, w, ldw, ncols, out),
+                    match weights {
+                        Weights::E5M2 => dot512::<$r, $c, 0>(klen, x, ldx, w, ldw, ncols, out),
+                        Weights::E4M3 => dot512::<$r, $c, 1>(klen, x, ldx, w, ldw, ncols, out),
+                        Weights::E4M3TimesTwoPowMinus8 => {
+                            dot512::<$r, $c, 2>(klen, x, ldx, w, ldw, ncols, out)
+                        }
                     }
                 }
             };
         }
         match rows {
-            1 => go!(1, 4),
-            2 => go!(2, 4),
+            1 => go!(1, 8),
+            2 => go!(2, 8),
             3 => go!(3, 4),
             4 => go!(4, 4),
             5 => go!(5, 2),
@@ -239,9 +284,12 @@ mod x86 {
 
     /// `C` weight rows at a time against `R` activation rows (`R * C` accumulators): several
     /// weight streams in flight keep the memory system busy, and each decoded vector is used
-    /// `R` times.
+    /// `R` times. `KIND`: 0 E5M2, 1 E4M3, 2 E4M3 times 2^-8 (see [`Weights`]).
+    ///
+    /// For KIND 2 the NaN codes are looked for once per 64 bytes of each row (a compare over
+    /// a whole zmm); blocks without one (all of them, in practice) skip the NaN fix-up.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn dot512<const R: usize, const C: usize, const E4M3: bool>(
+    unsafe fn dot512<const R: usize, const C: usize, const KIND: u8>(
         klen: usize,
         x: *const f32,
         ldx: usize,
@@ -250,13 +298,14 @@ mod x86 {
         ncols: usize,
         out: *mut f32,
     ) {
+        // Full decode (NaN handled), value as the kernel's activations expect it.
         let decode = |b: __m128i| {
             // SAFETY: the features are enabled in this function.
             unsafe {
-                if E4M3 {
-                    decode16_e4m3(b)
-                } else {
-                    decode16_e5m2(b)
+                match KIND {
+                    0 => decode16_e5m2(b),
+                    1 => _mm512_mul_ps(decode16_e4m3(b), _mm512_set1_ps(256.0)),
+                    _ => decode16_e4m3(b),
                 }
             }
         };
@@ -267,17 +316,40 @@ mod x86 {
             // Past the last column, the last one is computed again and not stored.
             let cols: [usize; C] = std::array::from_fn(|c| (j + c).min(ncols - 1));
             // SAFETY: rows `cols` of w hold klen bytes; x rows hold klen floats; the tail
-            // loads are masked to the remaining elements; prefetches do not fault.
+            // loads are masked to the remaining elements.
             unsafe {
                 let wr: [*const u8; C] = cols.map(|c| w.offset(c as isize * ldw));
                 let mut acc = [[_mm512_setzero_ps(); R]; C];
                 let mut p = 0;
-                while p + 16 <= klen {
-                    if p % 64 == 0 {
+                if KIND == 2 {
+                    let low7 = _mm512_set1_epi8(0x7F);
+                    while p + 64 <= klen {
+                        // A lane can hold a NaN code (0x7F / 0xFF) only if the largest low-7-bit
+                        // value over the rows is 0x7F there: one compare for all C rows.
+                        let mut top = _mm512_setzero_si512();
                         for row in wr {
-                            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p + 1024).cast());
+                            let v = _mm512_loadu_si512(row.add(p).cast());
+                            top = _mm512_max_epu8(top, _mm512_and_si512(v, low7));
                         }
+                        if _mm512_cmpeq_epi8_mask(top, low7) != 0 {
+                            break; // finish this row group with the NaN-aware loop below
+                        }
+                        for s in 0..4 {
+                            let q = p + 16 * s;
+                            let d: [__m512; C] = wr.map(|row| {
+                                decode16_e4m3_scaled_no_nan(_mm_loadu_si128(row.add(q).cast()))
+                            });
+                            for r in 0..R {
+                                let xv = _mm512_loadu_ps(x.add(r * ldx + q));
+                                for c in 0..C {
+                                    acc[c][r] = _mm512_fmadd_ps(xv, d[c], acc[c][r]);
+                                }
+                            }
+                        }
+                        p += 64;
                     }
+                }
+                while p + 16 <= klen {
                     let d: [__m512; C] = wr.map(|row| decode(_mm_loadu_si128(row.add(p).cast())));
                     for r in 0..R {
                         let xv = _mm512_loadu_ps(x.add(r * ldx + p));
@@ -326,7 +398,7 @@ mod x86 {
                 _mm_set1_epi16(0x7F),
             );
             let h = _mm_blendv_epi8(h, _mm_set1_epi16(0x7E00), nan);
-            _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
+            _mm256_cvtph_ps(h)
         }
     }
 
@@ -342,10 +414,9 @@ mod x86 {
         w: *const u8,
         ldw: isize,
         ncols: usize,
-        fmt: Format,
+        weights: Weights,
         out: *mut f32,
     ) {
-        let e4m3 = fmt == Format::E4M3;
         let main = klen - klen % 8;
         for j in 0..ncols {
             // SAFETY: row j of w holds klen bytes, x rows klen floats; the tail is copied into
@@ -354,12 +425,10 @@ mod x86 {
                 let wr = w.offset(j as isize * ldw);
                 let mut tail_w = [0u8; 16];
                 std::ptr::copy_nonoverlapping(wr.add(main), tail_w.as_mut_ptr(), klen - main);
-                let decode = |b: __m128i| {
-                    if e4m3 {
-                        decode8_e4m3(b)
-                    } else {
-                        decode8_e5m2(b)
-                    }
+                let decode = |b: __m128i| match weights {
+                    Weights::E5M2 => decode8_e5m2(b),
+                    Weights::E4M3 => _mm256_mul_ps(decode8_e4m3(b), _mm256_set1_ps(256.0)),
+                    Weights::E4M3TimesTwoPowMinus8 => decode8_e4m3(b),
                 };
                 let mut r0 = 0;
                 while r0 < rows {

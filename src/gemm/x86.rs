@@ -70,6 +70,7 @@ unsafe fn avx2_f32_6x16(
     const MR: usize = 6;
     // SAFETY: every pointer access stays within the lengths the caller guarantees.
     unsafe {
+        prefetch_c(c, ldc, MR, first);
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
@@ -99,6 +100,21 @@ unsafe fn avx2_f32_6x16(
                     cp.add(8),
                     _mm256_fmadd_ps(t1, si, _mm256_loadu_ps(cp.add(8))),
                 );
+            }
+        }
+    }
+}
+
+/// Ask for the C tile (`rows` rows of 128 bytes) while the K loop runs, when it will be read.
+#[inline(always)]
+fn prefetch_c(c: *mut f32, ldc: isize, rows: usize, first: bool) {
+    if !first {
+        for i in 0..rows {
+            let row = c.wrapping_offset(i as isize * ldc);
+            // SAFETY: prefetching never faults, whatever the address.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16).cast());
             }
         }
     }
@@ -158,6 +174,7 @@ unsafe fn avx512_f32_14x32(
     const MR: usize = 14;
     // SAFETY: every pointer access stays within the lengths the caller guarantees.
     unsafe {
+        prefetch_c(c, ldc, MR, first);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
@@ -195,6 +212,7 @@ unsafe fn avx512_bf16_14x32(
     // transmutes reinterpret 512-bit integer vectors as 32 bfloat16 lanes (same size, any
     // bit pattern valid).
     unsafe {
+        prefetch_c(c, ldc, MR, first);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let mut a = a.cast::<i32>();
         let mut b = b.cast::<i32>();
