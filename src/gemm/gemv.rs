@@ -289,6 +289,7 @@ mod x86 {
     /// For KIND 2 the NaN codes are looked for once per 64 bytes of each row (a compare over
     /// a whole zmm); blocks without one (all of them, in practice) skip the NaN fix-up.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // acc[c][r] reads clearer than nested iterators
     unsafe fn dot512<const R: usize, const C: usize, const KIND: u8>(
         klen: usize,
         x: *const f32,
