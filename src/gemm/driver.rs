@@ -130,29 +130,19 @@ unsafe fn run<E: PackElem>(
     let (mr, nr) = (mk.mr, mk.nr);
     // K blocks: one per scale block when a scale changes along K, so that each block's sum is
     // scaled on its own; otherwise the cache-sized KC.
-    let tune = |name: &str, d: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let kc_step = if plan.along_k() {
-        plan.block
-    } else {
-        tune("TUNE_KC", mk.kc)
-    };
+    let kc_step = if plan.along_k() { plan.block } else { mk.kc };
     let nthreads = threads::num_threads();
     let parallel = nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS;
     // Row blocks: at most MC rows, a multiple of MR, and a multiple of the thread count of them
     // so the threads get equal shares. Tile boundaries stay multiples of MR from row 0, so the
     // result does not depend on this choice.
-    let mut nblocks = m.div_ceil(tune("TUNE_MC", mk.mc));
+    let mut nblocks = m.div_ceil(mk.mc);
     if parallel {
         nblocks = nblocks.div_ceil(nthreads) * nthreads;
     }
     let mc = m.div_ceil(nblocks).div_ceil(mr) * mr;
     let mblocks = m.div_ceil(mc);
-    let nc = tune("TUNE_NC", mk.nc);
+    let nc = mk.nc;
 
     let mut sa = vec![1.0f32; m.div_ceil(mr) * mr];
     let mut sb = vec![1.0f32; nc.min(n).div_ceil(nr) * nr];
