@@ -418,57 +418,95 @@ mod x86 {
         weights: Weights,
         out: *mut f32,
     ) {
+        macro_rules! go {
+            ($r:literal, $c:literal) => {
+                // SAFETY: forwarded from the caller.
+                unsafe { dot256::<$r, $c>(klen, x, ldx, w, ldw, ncols, weights, out) }
+            };
+        }
+        // R * C accumulators + C decoded vectors + one activation vector fit 16 ymm registers.
+        match rows {
+            1 => go!(1, 4),
+            2 => go!(2, 4),
+            3 => go!(3, 2),
+            4 => go!(4, 2),
+            5 => go!(5, 1),
+            6 => go!(6, 1),
+            7 => go!(7, 1),
+            _ => go!(8, 1),
+        }
+    }
+
+    /// `C` weight rows at a time against `R` activation rows, 8 weights per step.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn dot256<const R: usize, const C: usize>(
+        klen: usize,
+        x: *const f32,
+        ldx: usize,
+        w: *const u8,
+        ldw: isize,
+        ncols: usize,
+        weights: Weights,
+        out: *mut f32,
+    ) {
         let main = klen - klen % 8;
-        for j in 0..ncols {
-            // SAFETY: row j of w holds klen bytes, x rows klen floats; the tail is copied into
-            // zero-padded buffers.
+        let mut j = 0;
+        while j < ncols {
+            // Past the last column, the last one is computed again and not stored.
+            let cols: [usize; C] = std::array::from_fn(|c| (j + c).min(ncols - 1));
+            // SAFETY: rows `cols` of w hold klen bytes, x rows klen floats; the tails are
+            // copied into zero-padded buffers.
             unsafe {
-                let wr = w.offset(j as isize * ldw);
-                let mut tail_w = [0u8; 16];
-                std::ptr::copy_nonoverlapping(wr.add(main), tail_w.as_mut_ptr(), klen - main);
+                let wr: [*const u8; C] = cols.map(|c| w.offset(c as isize * ldw));
                 let decode = |b: __m128i| match weights {
                     Weights::E5M2 => decode8_e5m2(b),
                     Weights::E4M3 => _mm256_mul_ps(decode8_e4m3(b), _mm256_set1_ps(256.0)),
                     Weights::E4M3TimesTwoPowMinus8 => decode8_e4m3(b),
                 };
-                let mut r0 = 0;
-                while r0 < rows {
-                    // Up to 4 activation rows per pass keep 4 accumulators + temporaries in
-                    // the 16 ymm registers.
-                    let nr = (rows - r0).min(4);
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    let mut p = 0;
-                    while p < main {
-                        let d = decode(_mm_loadl_epi64(wr.add(p).cast()));
-                        for (r, a) in acc.iter_mut().enumerate().take(nr) {
-                            let xv = _mm256_loadu_ps(x.add((r0 + r) * ldx + p));
-                            *a = _mm256_fmadd_ps(xv, d, *a);
-                        }
-                        p += 8;
-                    }
-                    if main < klen {
-                        let d = decode(_mm_loadl_epi64(tail_w.as_ptr().cast()));
-                        for (r, a) in acc.iter_mut().enumerate().take(nr) {
-                            let mut tx = [0.0f32; 8];
-                            std::ptr::copy_nonoverlapping(
-                                x.add((r0 + r) * ldx + main),
-                                tx.as_mut_ptr(),
-                                klen - main,
-                            );
-                            *a = _mm256_fmadd_ps(_mm256_loadu_ps(tx.as_ptr()), d, *a);
+                let mut acc = [[_mm256_setzero_ps(); R]; C];
+                let mut p = 0;
+                while p < main {
+                    let d: [__m256; C] = wr.map(|row| decode(_mm_loadl_epi64(row.add(p).cast())));
+                    for r in 0..R {
+                        let xv = _mm256_loadu_ps(x.add(r * ldx + p));
+                        for c in 0..C {
+                            acc[c][r] = _mm256_fmadd_ps(xv, d[c], acc[c][r]);
                         }
                     }
-                    for (r, a) in acc.iter().enumerate().take(nr) {
-                        // Fixed-order horizontal sum: (lo + hi) halves, then pairs.
-                        let s =
-                            _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps(*a, 1));
-                        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                        *out.add((r0 + r) * ncols + j) = _mm_cvtss_f32(s);
+                    p += 8;
+                }
+                if main < klen {
+                    let n = klen - main;
+                    let d: [__m256; C] = wr.map(|row| {
+                        let mut tail = [0u8; 16];
+                        std::ptr::copy_nonoverlapping(row.add(main), tail.as_mut_ptr(), n);
+                        decode(_mm_loadl_epi64(tail.as_ptr().cast()))
+                    });
+                    for r in 0..R {
+                        let mut tx = [0.0f32; 8];
+                        std::ptr::copy_nonoverlapping(x.add(r * ldx + main), tx.as_mut_ptr(), n);
+                        let xv = _mm256_loadu_ps(tx.as_ptr());
+                        for c in 0..C {
+                            acc[c][r] = _mm256_fmadd_ps(xv, d[c], acc[c][r]);
+                        }
                     }
-                    r0 += nr;
+                }
+                for c in 0..C {
+                    if j + c < ncols {
+                        for r in 0..R {
+                            // Fixed-order horizontal sum: (lo + hi) halves, then pairs.
+                            let a = acc[c][r];
+                            let s =
+                                _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+                            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                            *out.add(r * ncols + j + c) = _mm_cvtss_f32(s);
+                        }
+                    }
                 }
             }
+            j += C;
         }
     }
 }
