@@ -94,6 +94,10 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
     );
     let (ks, ws) = (src.ks, src.ws);
     let d = dst.as_mut_ptr();
+    // The vectorised 32-column pair packer needs AVX-512 BW (checked once per call; in practice
+    // bfloat16 panels are only packed for the AVX-512 BF16 kernel).
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::arch::x86_64::has_avx512();
     let code = |off: isize| -> u16 {
         // SAFETY: every offset passed below addresses X(p, w) with p < kc, w < width.
         t[usize::from(unsafe { *ptr.offset(off) })].to_bits()
@@ -162,6 +166,11 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
                     if ws == 1 && has_hi {
                         // Two source rows contiguous along the panel: one 32-bit store per w.
                         let (lo_row, hi_row) = (ptr.offset(lo), ptr.offset(lo + ks));
+                        #[cfg(target_arch = "x86_64")]
+                        if simd && wn == 32 && panel == 32 {
+                            super::x86::pack_pairs32(lo_row, hi_row, t, out);
+                            continue;
+                        }
                         let out32 = out.cast::<u32>();
                         for w in 0..wn {
                             let l = u32::from(t[usize::from(*lo_row.add(w))].to_bits());

@@ -234,3 +234,50 @@ unsafe fn avx512_bf16_14x32(
         store_14x32(&acc, c, ldc, first, sa, sb);
     }
 }
+
+/// Pack 32 columns of two K rows of FP8 codes (`lo`, `hi`) into 32 bfloat16 pairs at `out`
+/// (`out[2w] = table[lo[w]]`, `out[2w+1] = table[hi[w]]`).
+///
+/// The 128 magnitudes of `table` sit in four zmm registers; `vpermt2w` looks up 64 of them
+/// per instruction (index bits 0..5), bit 6 picks the half, and the sign bit is ORed back
+/// (for both formats `table[c | 0x80] = table[c] | 0x8000`, NaN and zero included, as the
+/// packing tests check against the scalar path).
+///
+/// # Safety
+/// AVX-512 F + BW available; `lo` and `hi` hold 32 bytes, `out` 64 `u16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn pack_pairs32(
+    lo: *const u8,
+    hi: *const u8,
+    table: &[half::bf16; 256],
+    out: *mut u16,
+) {
+    // SAFETY: the loads read 4 x 64 bytes of the table and 32 bytes of each row, the stores
+    // write 128 bytes at `out`, all inside what the caller guarantees.
+    unsafe {
+        let tp = table.as_ptr().cast::<u16>();
+        let t0 = _mm512_loadu_si512(tp.cast());
+        let t1 = _mm512_loadu_si512(tp.add(32).cast());
+        let t2 = _mm512_loadu_si512(tp.add(64).cast());
+        let t3 = _mm512_loadu_si512(tp.add(96).cast());
+        let decode = |row: *const u8| {
+            let w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(row.cast()));
+            let low = _mm512_permutex2var_epi16(t0, w, t1);
+            let high = _mm512_permutex2var_epi16(t2, w, t3);
+            let upper = _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x40));
+            let v = _mm512_mask_blend_epi16(upper, low, high);
+            let sign = _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8);
+            _mm512_or_si512(v, sign)
+        };
+        let (r0, r1) = (decode(lo), decode(hi));
+        // unpack interleaves within 128-bit lanes: lane L of `ul` holds columns 8L..8L+3,
+        // of `uh` columns 8L+4..8L+7; the qword permutes restore column order.
+        let ul = _mm512_unpacklo_epi16(r0, r1);
+        let uh = _mm512_unpackhi_epi16(r0, r1);
+        let first = _mm512_permutex2var_epi64(ul, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), uh);
+        let second =
+            _mm512_permutex2var_epi64(ul, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), uh);
+        _mm512_storeu_si512(out.cast(), first);
+        _mm512_storeu_si512(out.add(32).cast(), second);
+    }
+}
