@@ -196,8 +196,11 @@ mod x86 {
     //!   subnormals, infinities and NaN).
     //! - E4M3: `f16 = sign << 15 | (byte & 0x7F) << 7` reads the E4M3 exponent with the
     //!   binary16 bias (15 instead of 7) and the same mantissa, so the float32 value is the
-    //!   E4M3 value times 2^-8, subnormals included; multiply by 2^8 (exact). The NaN codes
-    //!   (0x7F, 0xFF) are replaced by a binary16 NaN first.
+    //!   E4M3 value times 2^-8, subnormals included. Either multiply by 2^8 (exact), or, as
+    //!   `gemv` does whenever no activation is within 2^8 of overflow, multiply the
+    //!   activations by 2^8 once instead ([`Weights::E4M3TimesTwoPowMinus8`]). The NaN codes
+    //!   (0x7F, 0xFF) must become a binary16 NaN: the AVX-512 kernel checks each 64-byte
+    //!   block of C rows at once and fixes codes up only in blocks that hold one.
 
     #[allow(clippy::wildcard_imports)]
     use std::arch::x86_64::*;

@@ -23,7 +23,7 @@
 //! results are bitwise independent of the number of threads. The first K block overwrites C
 //! (beta = 0), so whatever `out` held before (NaN included) never leaks into the result.
 //!
-//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path ([`gemv`]),
+//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path (`gemv.rs`),
 //! which streams the FP8 bytes straight from memory.
 
 use half::{bf16, f16};

@@ -416,7 +416,10 @@ fn bf16_pair_packing_matches_the_table_for_every_code() {
         let table = crate::scalar::tables::bf16_table(fmt);
         // Two K rows of 256 columns: every code in each row, in different orders; panels of 32
         // (the vectorised path where the CPU has AVX-512) and of 24 (the portable path).
-        let rows: Vec<u8> = (0..256u32).map(|c| c as u8).chain((0..256u32).map(|c| (c * 37 + 11) as u8)).collect();
+        let rows: Vec<u8> = (0..256u32)
+            .map(|c| c as u8)
+            .chain((0..256u32).map(|c| (c * 37 + 11) as u8))
+            .collect();
         for panel in [32, 24] {
             let src = Src {
                 elems: Elems::Fp8(rows.as_ptr(), fmt),
@@ -433,11 +436,18 @@ fn bf16_pair_packing_matches_the_table_for_every_code() {
                 let (q, col) = (w / panel, w % panel);
                 let at = (q * panel + col) * 2;
                 let (lo, hi) = if w < 256 {
-                    (table[usize::from(rows[w])].to_bits(), table[usize::from(rows[256 + w])].to_bits())
+                    (
+                        table[usize::from(rows[w])].to_bits(),
+                        table[usize::from(rows[256 + w])].to_bits(),
+                    )
                 } else {
                     (0, 0)
                 };
-                assert_eq!((dst[at], dst[at + 1]), (lo, hi), "{fmt:?} panel {panel} column {w}");
+                assert_eq!(
+                    (dst[at], dst[at + 1]),
+                    (lo, hi),
+                    "{fmt:?} panel {panel} column {w}"
+                );
             }
         }
     }
