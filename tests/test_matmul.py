@@ -109,12 +109,13 @@ def test_identity_exact(isa, dtype, m, k):
     np.testing.assert_array_equal(matmul(a, np.asfortranarray(eye)), want)  # GEMV for m <= 8
 
 
-# MR in {4, 6, 14} (scalar, AVX2, AVX-512), NR in {8, 16, 32}, MC + 1 = 197, KC + 1 = 257.
+# Register blocks MR x NR: scalar 4 x 8, AVX2 6 x 16, AVX-512 (f32 and bf16) 14 x 32.
+# Cache blocks: MC 64 (scalar) / 336, KC 256 (scalar) / 512 (float32) / 768 (bfloat16 pairs).
 SHAPES = [
     (0, 5, 7), (5, 0, 7), (5, 7, 0), (1, 1, 1), (3, 5, 13), (4, 8, 6), (5, 9, 14),
-    (13, 31, 15), (14, 32, 257), (15, 33, 300), (197, 17, 65), (1, 1000, 300),
-    (8, 300, 1000), (9, 300, 257), (300, 14, 1000), (1000, 15, 13), (121, 97, 129),
-]
+    (13, 31, 15), (14, 32, 257), (15, 33, 300), (65, 17, 65), (337, 17, 40), (1, 1000, 300),
+    (8, 300, 1000), (9, 300, 513), (300, 14, 1000), (1000, 15, 13), (121, 97, 129),
+    (20, 70, 769), (29, 65, 1537)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -245,9 +246,13 @@ def test_out_dtype_and_out(isa, out_dtype, unit):
 @pytest.mark.parametrize("m", [2, 50])
 def test_nan_filled_out_does_not_leak(isa, m):
     rng = np.random.default_rng(6)
-    a, w = rand(rng, (m, 300), E4M3), rand(rng, (64, 300), E4M3)
+    a, w = rand(rng, (m, 1000), E4M3), rand(rng, (64, 1000), E4M3)
     out = np.full((m, 64), np.nan, dtype=np.float32)
-    matmul(a, w.T, out=out, scale_b=np.ones((3, 1), np.float32))
+    matmul(a, w.T, out=out)  # several cache K blocks
+    assert np.isfinite(out).all()
+    check(out, a, w.T)
+    out[:] = np.nan
+    matmul(a, w.T, out=out, scale_b=np.ones((8, 1), np.float32))  # scale K blocks
     assert np.isfinite(out).all()
     check(out, a, w.T)
     out[:] = np.nan
