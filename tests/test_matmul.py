@@ -361,3 +361,22 @@ def test_errors():
         matmul(a, np.zeros((4, 2), E4M3), block=0)
     with pytest.raises(ValueError, match=r"w must be a 2-D"):
         linear(np.zeros(4, np.float32), np.zeros(4, E4M3))
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_nan_e4m3_weights_gemv(isa, m):
+    # E4M3 weights as w.T (the GEMV path): NaN codes after clean 64-byte blocks, in the first
+    # block, and in the tail; only their columns become NaN.
+    rng = np.random.default_rng(9)
+    k, n = 300, 21
+    x = rand(rng, (m, k), F32)
+    w = rand(rng, (n, k), E4M3)
+    w[5, 200] = np.nan
+    w[9, 10] = -np.nan
+    w[20, 299] = np.nan
+    c = matmul(x, w.T)
+    nan_cols = np.isnan(c).all(axis=0)
+    np.testing.assert_array_equal(np.flatnonzero(nan_cols), [5, 9, 20])
+    assert not np.isnan(np.delete(c, [5, 9, 20], axis=1)).any()
+    keep = [j for j in range(n) if j not in (5, 9, 20)]
+    check(c[:, keep], x, w.T[:, keep])
