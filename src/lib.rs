@@ -26,6 +26,7 @@ pub mod arch;
 pub mod convert;
 pub mod error;
 pub mod format;
+pub mod quant;
 pub mod scalar;
 pub mod threads;
 
