@@ -8,6 +8,7 @@ use crate::error::Error;
 
 mod codec;
 mod config;
+mod quant;
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -30,5 +31,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     config::register(m)?;
     codec::register(m)?;
+    quant::register(m)?;
     Ok(())
 }
