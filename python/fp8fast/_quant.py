@@ -168,7 +168,10 @@ def quantize(
       ``448 * 2**-126`` or float64 input outside the float32 range).
     - mx: shared exponent ``X = clamp(floor(log2(amax)) - emax_elem, -127, 127)`` with
       ``emax_elem`` = 8 (E4M3) or 15 (E5M2); ``X = 0`` (scale 1, code 127) for a zero group. The
-      clamp is the E8M0 range (codes 0..254); groups beyond it saturate or flush to zero.
+      clamp is the E8M0 range (codes 0..254); groups beyond it saturate or flush to zero. As in
+      OCP MX v1.0, the group's largest magnitudes land in ``[2**emax, 2**(emax+1))`` and those
+      above max_normal (448 for E4M3, 57344 for E5M2) saturate to it: MX trades that clipping
+      of the top of each group for power-of-two scales.
     - The elements are ``q = encode_saturating(x * inv_scale)``: for float32, float16 and
       bfloat16 input, ``inv_scale = np.float32(1) / scale`` in float32 and the product is one
       float32 multiply (``x`` widened exactly to float32); for float64 input

@@ -11,7 +11,9 @@
 //!   `[2^-126, float32 max]` so that its reciprocal is finite (only reachable from float64
 //!   input, or from float32 groups whose amax is below `448 * 2^-126`).
 //! - MX (OCP MX v1.0): `X = clamp(floor(log2 amax) - emax_elem, -127, 127)`, `0` when
-//!   `amax == 0`; the E8M0 code is `X + 127` (so a zero group gets scale 1, code 127).
+//!   `amax == 0`; the E8M0 code is `X + 127` (so a zero group gets scale 1, code 127). The
+//!   group's largest magnitudes then land in `[2^emax, 2^(emax+1))` and those above max_normal
+//!   saturate to it (the clipping OCP MX accepts for power-of-two scales).
 //! - Encode: `q = encode_saturating(x * inv)`, rounded once from the product:
 //!   - float32 / float16 / bfloat16 input: `inv = float32(1) / scale` in float32 arithmetic, and
 //!     the product `x * inv` is one float32 multiply (input widened exactly to float32 first).
