@@ -536,8 +536,12 @@ def test_bad_input():
         quantize(x, rounding="up")
     with pytest.raises(TypeError):
         quantize(np.ones(4, np.int32))
-    with pytest.raises(ValueError, match="seed"):
-        quantize(x, rounding="stochastic", seed=-5)
+    with pytest.raises(TypeError, match="seed"):
+        quantize(x, rounding="stochastic", seed=1.5)
+    a, _ = quantize(x * np.linspace(0, 1, 260, dtype=np.float32), rounding="stochastic", seed=-5)
+    b, _ = quantize(x * np.linspace(0, 1, 260, dtype=np.float32), rounding="stochastic",
+                    seed=2**64 - 5)
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
     q, s = quantize(x, granularity="block")
     with pytest.raises(ValueError, match=r"\(3, 3\)"):
         dequantize(q, np.ones((2, 3), np.float32))

@@ -147,7 +147,8 @@ def quantize(
     rounding : {"nearest", "stochastic"}
         Round to nearest-even, or stochastically (see Notes).
     seed : int, optional
-        Seed in ``[0, 2**64)`` for stochastic rounding; ``None`` draws a fresh one.
+        Seed for stochastic rounding (taken modulo ``2**64``, as by ``fp8fast.encode``);
+        ``None`` draws a fresh one.
 
     Returns
     -------
@@ -195,8 +196,13 @@ def quantize(
     br, bc = _block(block) if granularity == "block" else (1, 1)
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f'unknown rounding {rounding!r}: expected "nearest" or "stochastic"')
-    if rounding == "stochastic" and seed is None:
-        seed = secrets.randbits(64)
+    if rounding == "stochastic":
+        if seed is None:
+            seed = secrets.randbits(64)
+        elif isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        # Same convention as fp8fast.encode: the seed is taken modulo 2**64.
+        seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
     if granularity == "channel" and not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an integer, got {axis!r}")
     q, scale = _core.quantize(x, fmt, granularity, int(axis), (br, bc), rounding, seed)
