@@ -77,14 +77,18 @@ fn quantize_typed<'py, T: QuantInput + numpy::Element>(
     let shape = view.shape().to_vec();
     let layout = quant::Layout::new(&shape, granularity)?;
     let n = view.len();
-    let (q, scales) = maybe_detach(py, n, || -> crate::Result<(Vec<u8>, Scales)> {
+    // numpy's allocator (large arrays get huge pages) rather than a Vec: first-touch page
+    // faults of a fresh 4 KiB-page allocation cost more than the quantization itself.
+    let q = PyArrayDyn::<u8>::zeros(py, IxDyn(&shape), false);
+    let mut qrw = q.try_readwrite().map_err(borrow_error)?;
+    let qs = qrw.as_slice_mut().map_err(borrow_error)?;
+    let scales = maybe_detach(py, n, || -> crate::Result<Scales> {
         let c = c_order(view);
         let xs = c.as_slice().expect("standard layout is contiguous");
-        let mut q = vec![0u8; n];
-        let s = quant::quantize(xs, &shape, fmt, granularity, rounding, &mut q)?;
-        Ok((q, s))
+        quant::quantize(xs, &shape, fmt, granularity, rounding, qs)
     })?;
-    let q = PyArray1::from_vec(py, q).reshape(shape)?.into_any();
+    drop(qrw);
+    let q = q.into_any();
     let s = match scales {
         Scales::F32(v) => PyArray1::from_vec(py, v)
             .reshape(layout.scale_shape)?
@@ -159,14 +163,17 @@ fn dequantize_typed<'py, T: DequantOutput + numpy::Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let shape = q.shape().to_vec();
     let n = q.len();
-    let out = maybe_detach(py, n, || -> crate::Result<Vec<T>> {
+    // numpy's allocator, as in `quantize_typed`.
+    let out = PyArrayDyn::<T>::zeros(py, IxDyn(&shape), false);
+    let mut orw = out.try_readwrite().map_err(borrow_error)?;
+    let os = orw.as_slice_mut().map_err(borrow_error)?;
+    maybe_detach(py, n, || -> crate::Result<()> {
         let c = c_order(q);
         let qs = c.as_slice().expect("standard layout is contiguous");
-        let mut out = vec![T::default(); n];
-        quant::dequantize(qs, &shape, fmt, granularity, scales, &mut out)?;
-        Ok(out)
+        quant::dequantize(qs, &shape, fmt, granularity, scales, os)
     })?;
-    Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
+    drop(orw);
+    Ok(out.into_any())
 }
 
 fn shape_str(s: &[usize]) -> String {

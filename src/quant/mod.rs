@@ -836,8 +836,15 @@ impl DequantOutput for f64 {
     ) {
         (ck.decode_f64)(q, out, fmt);
         // Exact: a 4-bit FP8 significand times a 24-bit scale fits in 53 bits.
-        for (j, v) in out.iter_mut().enumerate() {
-            *v *= f64::from(scale_row[(col0 + j) / group]);
+        let mut j = 0;
+        while j < out.len() {
+            let g = (col0 + j) / group;
+            let end = ((g + 1) * group - col0).min(out.len());
+            let s = f64::from(scale_row[g]);
+            for v in &mut out[j..end] {
+                *v *= s;
+            }
+            j = end;
         }
     }
 }
