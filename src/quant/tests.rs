@@ -193,6 +193,21 @@ fn stochastic_kernels_match_scalar_on_every_isa() {
     let mut data: Vec<f32> = special_f32();
     data.extend((0..3000).map(|_| rng.wide_f32() * 100.0));
     data.extend((0..1000).map(|_| f32::from_bits(rng.next_u32())));
+    // Whole vectors in the FP8 normal range (the kernels' fast path), a few with NaN / Inf /
+    // values past the range mixed in.
+    data.extend((0..4000).map(|i| {
+        let v = (1.0 + rng.next_u32() as f32 / 4_294_967_296.0)
+            * 2f32.powi((rng.next_u32() % 30) as i32 - 14)
+            * if i % 3 == 0 { -1.0 } else { 1.0 };
+        match i % 97 {
+            5 => f32::NAN,
+            6 => f32::NEG_INFINITY,
+            7 => 1e30,
+            8 => 470.0,
+            9 => 60000.0,
+            _ => v,
+        }
+    }));
     let key = StochasticKey::new(42);
     for k in tables() {
         for fmt in Format::ALL {

@@ -61,6 +61,24 @@ fn gt_u32(a: __m256i, b: __m256i) -> __m256i {
     }
 }
 
+/// Store 8 x u32 lanes (each < 256) as 8 bytes at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for 8 bytes of writes; AVX2 must be enabled in the caller.
+#[inline(always)]
+unsafe fn store_codes(dst: *mut u8, code: __m256i) {
+    // SAFETY: the caller guarantees 8 writable bytes and AVX2.
+    unsafe {
+        let p16 = _mm256_packus_epi32(code, code);
+        let p8 = _mm256_packus_epi16(p16, p16);
+        let bytes = _mm_unpacklo_epi32(
+            _mm256_castsi256_si128(p8),
+            _mm256_extracti128_si256::<1>(p8),
+        );
+        _mm_storel_epi64(dst.cast(), bytes);
+    }
+}
+
 /// The integer form of [`stochastic::round_f32`] on 8 lanes (see its derivation there).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
@@ -85,6 +103,11 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     let overflow = _mm256_set1_epi32(i32::from(fmt.overflow_code(p.saturate)));
     let nan = _mm256_set1_epi32(i32::from(fmt.nan_code()));
     let sign_bit = _mm256_set1_epi32(0x80);
+    // Fast-path constants: D = 23 - m dropped bits; code = (a >> D) - ((emin + 126) << m) + up.
+    let drop_shift = _mm256_set1_epi32(23 - m);
+    let keep_shift = _mm256_set1_epi32(32 - (23 - m));
+    let drop_mask = _mm256_set1_epi32((1 << (23 - m)) - 1);
+    let rebase = _mm256_set1_epi32((emin + 126) << m);
     let mut hi_cached = u32::MAX;
     let mut hk = p.key.high_key(hi_cached);
     let mut i = 0;
@@ -113,6 +136,25 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
             let a = _mm256_and_si256(bits, mag);
             let sign = _mm256_and_si256(_mm256_srli_epi32::<24>(bits), sign_bit);
             let be = _mm256_srli_epi32::<23>(a);
+            let below_range = _mm256_cmpgt_epi32(emin_biased, be);
+            if _mm256_testz_si256(below_range, below_range) == 1 {
+                // Every lane in the FP8 normal range or above (S = 23 - m): the code is the
+                // f32 bits shifted down, rebased, plus the carry of the dropped bits.
+                let low = _mm256_and_si256(a, drop_mask);
+                let up = gt_u32(low, _mm256_srlv_epi32(r, keep_shift));
+                let mut code = _mm256_sub_epi32(_mm256_srlv_epi32(a, drop_shift), rebase);
+                code = _mm256_sub_epi32(code, up);
+                let over = _mm256_or_si256(
+                    _mm256_cmpgt_epi32(be, max_biased),
+                    _mm256_cmpgt_epi32(code, max_code),
+                );
+                code = _mm256_blendv_epi8(code, overflow, over);
+                code = _mm256_blendv_epi8(code, nan, _mm256_cmpgt_epi32(a, inf));
+                code = _mm256_or_si256(code, sign);
+                store_codes(dst.as_mut_ptr().add(i), code);
+                i += 8;
+                continue;
+            }
             let mant = _mm256_and_si256(a, mant_mask);
             let sig = _mm256_or_si256(
                 mant,
@@ -139,14 +181,7 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
             code = _mm256_blendv_epi8(code, overflow, over);
             code = _mm256_blendv_epi8(code, nan, _mm256_cmpgt_epi32(a, inf));
             code = _mm256_or_si256(code, sign);
-            // 8 x u32 (each < 256) -> 8 bytes.
-            let p16 = _mm256_packus_epi32(code, code);
-            let p8 = _mm256_packus_epi16(p16, p16);
-            let bytes = _mm_unpacklo_epi32(
-                _mm256_castsi256_si128(p8),
-                _mm256_extracti128_si256::<1>(p8),
-            );
-            _mm_storel_epi64(dst.as_mut_ptr().add(i).cast(), bytes);
+            store_codes(dst.as_mut_ptr().add(i), code);
         }
         i += 8;
     }

@@ -74,6 +74,11 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     let overflow = _mm512_set1_epi32(i32::from(fmt.overflow_code(p.saturate)));
     let nan = _mm512_set1_epi32(i32::from(fmt.nan_code()));
     let sign_bit = _mm512_set1_epi32(0x80);
+    // Fast-path constants: D = 23 - m dropped bits; code = (a >> D) - ((emin + 126) << m) + up.
+    let drop_shift = _mm512_set1_epi32(23 - m);
+    let keep_shift = _mm512_set1_epi32(32 - (23 - m));
+    let drop_mask = _mm512_set1_epi32((1 << (23 - m)) - 1);
+    let rebase = _mm512_set1_epi32((emin + 126) << m);
     let mut hi_cached = u32::MAX;
     let mut hk = p.key.high_key(hi_cached);
     let mut i = 0;
@@ -102,6 +107,22 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
             let a = _mm512_and_si512(bits, mag);
             let sign = _mm512_and_si512(_mm512_srli_epi32::<24>(bits), sign_bit);
             let be = _mm512_srli_epi32::<23>(a);
+            if _mm512_cmpge_epi32_mask(be, emin_biased) == 0xFFFF {
+                // Every lane in the FP8 normal range or above (S = 23 - m): the code is the
+                // f32 bits shifted down, rebased, plus the carry of the dropped bits.
+                let low = _mm512_and_si512(a, drop_mask);
+                let up = _mm512_cmpgt_epu32_mask(low, _mm512_srlv_epi32(r, keep_shift));
+                let mut code = _mm512_sub_epi32(_mm512_srlv_epi32(a, drop_shift), rebase);
+                code = _mm512_mask_add_epi32(code, up, code, one);
+                let over = _mm512_cmpgt_epi32_mask(be, max_biased)
+                    | _mm512_cmpgt_epi32_mask(code, max_code);
+                code = _mm512_mask_mov_epi32(code, over, overflow);
+                code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(a, inf), nan);
+                code = _mm512_or_si512(code, sign);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(code));
+                i += 16;
+                continue;
+            }
             let mant = _mm512_and_si512(a, mant_mask);
             let normal = _mm512_cmpgt_epi32_mask(be, zero);
             let sig = _mm512_mask_or_epi32(mant, normal, mant, implicit);
