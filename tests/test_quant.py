@@ -607,3 +607,16 @@ def test_quant_error():
     e4 = quant_error(rnd, *quantize(rnd, "e4m3", granularity="mx"))
     e5 = quant_error(rnd, *quantize(rnd, "e5m2", granularity="mx"))
     assert e4.sqnr_db > e5.sqnr_db > 10  # one more mantissa bit is ~6 dB
+
+
+@pytest.mark.parametrize("saturate", [False, True])
+def test_public_encode_stochastic_uses_the_documented_definition(isa, saturate):
+    """fp8fast.encode(..., rounding="stochastic") is _core.encode_stochastic_into."""
+    import fp8fast
+
+    x = make_input((50, 60), np.float32, seed=16)[:, ::-2]
+    for fmt in ("e4m3", "e5m2"):
+        got = fp8fast.encode(x, fmt, saturate=saturate, rounding="stochastic", seed=31)
+        want = ref_stochastic(np.ascontiguousarray(x).astype(np.float64).ravel(), fmt, saturate,
+                              draws(31, x.size)).reshape(x.shape)
+        assert_values(got, want, fmt)

@@ -46,10 +46,11 @@ pub struct QuantKernels {
     pub absmax_f16: fn(&[f16]) -> AbsMaxKeys,
     /// Magnitude maxima of a `bf16` slice.
     pub absmax_bf16: fn(&[bf16]) -> AbsMaxKeys,
-    /// `dst[i] = src[i] * s` (one IEEE multiply each, never fused).
-    pub scale_f32: fn(&[f32], f32, &mut [f32]),
-    /// `buf[i] *= s`.
-    pub scale_inplace_f32: fn(&mut [f32], f32),
+    /// `dst[j] = src[j] * s[(col0 + j) / group]` (one IEEE multiply each, never fused), with
+    /// arguments `(src, col0, group, s, dst)`.
+    pub scale_groups_f32: fn(&[f32], usize, usize, &[f32], &mut [f32]),
+    /// `buf[j] *= s[(col0 + j) / group]`, with arguments `(buf, col0, group, s)`.
+    pub scale_groups_inplace_f32: fn(&mut [f32], usize, usize, &[f32]),
     /// Stochastic rounding of `f32` to FP8 (see [`stochastic`]).
     pub stochastic_f32: fn(&[f32], &mut [u8], StochasticParams),
 }
@@ -82,20 +83,56 @@ absmax_body!(absmax_f64_body, f64, u64, 0x7FF0_0000_0000_0000);
 absmax_body!(absmax_f16_body, f16, u16, 0x7C00);
 absmax_body!(absmax_bf16_body, bf16, u16, 0x7F80);
 
-/// `dst = src * s`.
+/// Calls `f(start, end, group index)` for the runs of equal scale in columns
+/// `col0..col0 + len` (groups of `group` columns).
 #[inline(always)]
-pub fn scale_f32_body(src: &[f32], s: f32, dst: &mut [f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = x * s;
+fn for_each_group_run(
+    len: usize,
+    col0: usize,
+    group: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let mut j = 0;
+    while j < len {
+        let g = (col0 + j) / group;
+        let end = ((g + 1) * group - col0).min(len);
+        f(j, end, g);
+        j = end;
     }
 }
 
-/// `buf *= s`.
+/// `dst[j] = src[j] * s[(col0 + j) / group]`.
 #[inline(always)]
-pub fn scale_inplace_f32_body(buf: &mut [f32], s: f32) {
-    for v in buf.iter_mut() {
-        *v *= s;
+pub fn scale_groups_f32_body(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    if group == 1 {
+        for ((d, &x), &s) in dst.iter_mut().zip(src).zip(&s[col0..]) {
+            *d = x * s;
+        }
+        return;
     }
+    for_each_group_run(src.len().min(dst.len()), col0, group, |a, b, g| {
+        let s = s[g];
+        for (d, &x) in dst[a..b].iter_mut().zip(&src[a..b]) {
+            *d = x * s;
+        }
+    });
+}
+
+/// `buf[j] *= s[(col0 + j) / group]`.
+#[inline(always)]
+pub fn scale_groups_inplace_f32_body(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
+    if group == 1 {
+        for (v, &s) in buf.iter_mut().zip(&s[col0..]) {
+            *v *= s;
+        }
+        return;
+    }
+    for_each_group_run(buf.len(), col0, group, |a, b, g| {
+        let s = s[g];
+        for v in &mut buf[a..b] {
+            *v *= s;
+        }
+    });
 }
 
 fn absmax_f32_portable(x: &[f32]) -> AbsMaxKeys {
@@ -110,11 +147,11 @@ fn absmax_f16_portable(x: &[f16]) -> AbsMaxKeys {
 fn absmax_bf16_portable(x: &[bf16]) -> AbsMaxKeys {
     absmax_bf16_body(x)
 }
-fn scale_f32_portable(src: &[f32], s: f32, dst: &mut [f32]) {
-    scale_f32_body(src, s, dst)
+fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    scale_groups_f32_body(src, col0, group, s, dst)
 }
-fn scale_inplace_f32_portable(buf: &mut [f32], s: f32) {
-    scale_inplace_f32_body(buf, s)
+fn scale_groups_inplace_f32_portable(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
+    scale_groups_inplace_f32_body(buf, col0, group, s)
 }
 
 /// The portable kernels.
@@ -124,8 +161,8 @@ pub static SCALAR_QUANT: QuantKernels = QuantKernels {
     absmax_f64: absmax_f64_portable,
     absmax_f16: absmax_f16_portable,
     absmax_bf16: absmax_bf16_portable,
-    scale_f32: scale_f32_portable,
-    scale_inplace_f32: scale_inplace_f32_portable,
+    scale_groups_f32: scale_groups_f32_portable,
+    scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
     stochastic_f32: stochastic::encode_f32,
 };
 

@@ -334,10 +334,15 @@ pub trait QuantInput: Wide {
     fn abs_key(self) -> u64;
     /// The magnitude a key stands for (exact).
     fn key_value(key: u64) -> f64;
-    /// `dst = widen(src) * s`.
-    fn scale_into(src: &[Self], s: Self::W, dst: &mut [Self::W], k: &QuantKernels);
-    /// `dst[i] = widen(src[i]) * s[i]`.
-    fn scale_each(src: &[Self], s: &[Self::W], dst: &mut [Self::W]);
+    /// `dst[j] = widen(src[j]) * s[(col0 + j) / group]`.
+    fn scale_into(
+        src: &[Self],
+        col0: usize,
+        group: usize,
+        s: &[Self::W],
+        dst: &mut [Self::W],
+        k: &QuantKernels,
+    );
     /// Stochastically encode `src` (no scaling) with the active kernels; `buf` is scratch.
     fn stochastic_tile(
         src: &[Self],
@@ -360,13 +365,15 @@ impl QuantInput for f32 {
     fn key_value(key: u64) -> f64 {
         f64::from(f32::from_bits(key as u32))
     }
-    fn scale_into(src: &[f32], s: f32, dst: &mut [f32], k: &QuantKernels) {
-        (k.scale_f32)(src, s, dst)
-    }
-    fn scale_each(src: &[f32], s: &[f32], dst: &mut [f32]) {
-        for ((d, &x), &s) in dst.iter_mut().zip(src).zip(s) {
-            *d = x * s;
-        }
+    fn scale_into(
+        src: &[f32],
+        col0: usize,
+        group: usize,
+        s: &[f32],
+        dst: &mut [f32],
+        k: &QuantKernels,
+    ) {
+        (k.scale_groups_f32)(src, col0, group, s, dst)
     }
     fn stochastic_tile(
         src: &[f32],
@@ -391,14 +398,23 @@ impl QuantInput for f64 {
     fn key_value(key: u64) -> f64 {
         f64::from_bits(key)
     }
-    fn scale_into(src: &[f64], s: f64, dst: &mut [f64], _: &QuantKernels) {
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = x * s;
-        }
-    }
-    fn scale_each(src: &[f64], s: &[f64], dst: &mut [f64]) {
-        for ((d, &x), &s) in dst.iter_mut().zip(src).zip(s) {
-            *d = x * s;
+    fn scale_into(
+        src: &[f64],
+        col0: usize,
+        group: usize,
+        s: &[f64],
+        dst: &mut [f64],
+        _: &QuantKernels,
+    ) {
+        let mut j = 0;
+        while j < src.len() {
+            let g = (col0 + j) / group;
+            let end = ((g + 1) * group - col0).min(src.len());
+            let s = s[g];
+            for (d, &x) in dst[j..end].iter_mut().zip(&src[j..end]) {
+                *d = x * s;
+            }
+            j = end;
         }
     }
     fn stochastic_tile(
@@ -426,14 +442,16 @@ macro_rules! impl_half_input {
             fn key_value(key: u64) -> f64 {
                 <$t>::from_bits(key as u16).to_f64()
             }
-            fn scale_into(src: &[$t], s: f32, dst: &mut [f32], k: &QuantKernels) {
+            fn scale_into(
+                src: &[$t],
+                col0: usize,
+                group: usize,
+                s: &[f32],
+                dst: &mut [f32],
+                k: &QuantKernels,
+            ) {
                 src.convert_to_f32_slice(dst);
-                (k.scale_inplace_f32)(dst, s)
-            }
-            fn scale_each(src: &[$t], s: &[f32], dst: &mut [f32]) {
-                for ((d, &x), &s) in dst.iter_mut().zip(src).zip(s) {
-                    *d = x.to_f32() * s;
-                }
+                (k.scale_groups_inplace_f32)(dst, col0, group, s)
             }
             fn stochastic_tile(
                 src: &[$t],
@@ -641,19 +659,8 @@ fn encode_range<T: QuantInput>(
         let (r, c) = (flat / lay.cols, flat % lay.cols);
         let take = TILE.min(lay.cols - c).min(x.len() - pos);
         let inv_row = &inv[lay.srow(r) * lay.groups..][..lay.groups];
-        let src = &x[pos..pos + take];
         let b = &mut buf[..take];
-        if lay.group == 1 {
-            T::scale_each(src, &inv_row[c..c + take], b);
-        } else {
-            let mut j = 0;
-            while j < take {
-                let g = (c + j) / lay.group;
-                let end = ((g + 1) * lay.group - c).min(take);
-                T::scale_into(&src[j..end], inv_row[g], &mut b[j..end], qk);
-                j = end;
-            }
-        }
+        T::scale_into(&x[pos..pos + take], c, lay.group, inv_row, b, qk);
         let out = &mut q[pos..pos + take];
         match *enc {
             Encoder::Nearest(f) => f(b, out, fmt, true),
@@ -782,29 +789,6 @@ pub trait DequantOutput: Wide {
     );
 }
 
-/// `buf[j] *= scale of column col0 + j`.
-fn apply_scales_f32(
-    buf: &mut [f32],
-    col0: usize,
-    group: usize,
-    scale_row: &[f32],
-    qk: &QuantKernels,
-) {
-    if group == 1 {
-        for (v, &s) in buf.iter_mut().zip(&scale_row[col0..]) {
-            *v *= s;
-        }
-        return;
-    }
-    let mut j = 0;
-    while j < buf.len() {
-        let g = (col0 + j) / group;
-        let end = ((g + 1) * group - col0).min(buf.len());
-        (qk.scale_inplace_f32)(&mut buf[j..end], scale_row[g]);
-        j = end;
-    }
-}
-
 impl DequantOutput for f32 {
     fn tile(
         q: &[u8],
@@ -818,7 +802,7 @@ impl DequantOutput for f32 {
         _: &mut [f32],
     ) {
         (ck.decode_f32)(q, out, fmt);
-        apply_scales_f32(out, col0, group, scale_row, qk);
+        (qk.scale_groups_inplace_f32)(out, col0, group, scale_row);
     }
 }
 
@@ -865,7 +849,7 @@ macro_rules! impl_half_output {
             ) {
                 let buf = &mut buf[..q.len()];
                 (ck.decode_f32)(q, buf, fmt);
-                apply_scales_f32(buf, col0, group, scale_row, qk);
+                (qk.scale_groups_inplace_f32)(buf, col0, group, scale_row);
                 out.convert_from_f32_slice(buf);
             }
         }

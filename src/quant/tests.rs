@@ -724,3 +724,25 @@ fn amax_nan_handling() {
     assert_eq!(absmax_all(&x).finite, u64::from(5f32.to_bits()));
     assert_eq!(Isa::ALL[0], Isa::Scalar);
 }
+
+#[test]
+fn scale_group_kernels_match_naive_on_every_isa() {
+    let mut rng = Lcg(21);
+    let src: Vec<f32> = (0..500).map(|_| rng.wide_f32()).collect();
+    let s: Vec<f32> = (0..600).map(|_| rng.wide_f32()).collect();
+    for k in tables() {
+        for group in [1usize, 3, 32, 128, 1000] {
+            for col0 in [0usize, 1, 31, 95] {
+                for len in [0usize, 1, 17, 64, 500] {
+                    let want: Vec<f32> = (0..len).map(|j| src[j] * s[(col0 + j) / group]).collect();
+                    let mut got = vec![0f32; len];
+                    (k.scale_groups_f32)(&src[..len], col0, group, &s, &mut got);
+                    assert_eq!(got, want, "{} group {group} col0 {col0} len {len}", k.isa);
+                    let mut buf = src[..len].to_vec();
+                    (k.scale_groups_inplace_f32)(&mut buf, col0, group, &s);
+                    assert_eq!(buf, want);
+                }
+            }
+        }
+    }
+}

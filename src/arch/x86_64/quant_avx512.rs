@@ -29,12 +29,12 @@ fn absmax_bf16_impl(x: &[bf16]) -> AbsMaxKeys {
     k::absmax_bf16_body(x)
 }
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn scale_f32_impl(src: &[f32], s: f32, dst: &mut [f32]) {
-    k::scale_f32_body(src, s, dst)
+fn scale_groups_f32_impl(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_f32_body(src, col0, group, s, dst)
 }
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn scale_inplace_f32_impl(buf: &mut [f32], s: f32) {
-    k::scale_inplace_f32_body(buf, s)
+fn scale_groups_inplace_f32_impl(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
+    k::scale_groups_inplace_f32_body(buf, col0, group, s)
 }
 
 /// `lowbias32` on 16 lanes.
@@ -173,13 +173,13 @@ fn absmax_bf16(x: &[bf16]) -> AbsMaxKeys {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
     unsafe { absmax_bf16_impl(x) }
 }
-fn scale_f32(src: &[f32], s: f32, dst: &mut [f32]) {
+fn scale_groups_f32(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
-    unsafe { scale_f32_impl(src, s, dst) }
+    unsafe { scale_groups_f32_impl(src, col0, group, s, dst) }
 }
-fn scale_inplace_f32(buf: &mut [f32], s: f32) {
+fn scale_groups_inplace_f32(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
-    unsafe { scale_inplace_f32_impl(buf, s) }
+    unsafe { scale_groups_inplace_f32_impl(buf, col0, group, s) }
 }
 fn stochastic_f32(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
@@ -192,8 +192,8 @@ static QUANT: QuantKernels = QuantKernels {
     absmax_f64,
     absmax_f16,
     absmax_bf16,
-    scale_f32,
-    scale_inplace_f32,
+    scale_groups_f32,
+    scale_groups_inplace_f32,
     stochastic_f32,
 };
 
