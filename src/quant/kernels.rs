@@ -46,6 +46,15 @@ pub struct QuantKernels {
     pub absmax_f16: fn(&[f16]) -> AbsMaxKeys,
     /// Magnitude maxima of a `bf16` slice.
     pub absmax_bf16: fn(&[bf16]) -> AbsMaxKeys,
+    /// Per group of `group` consecutive elements of an `f32` row: `out[g] = max(out[g],
+    /// largest finite magnitude key of group g)`.
+    pub group_max_f32: fn(&[f32], usize, &mut [u64]),
+    /// As `group_max_f32` for `f64`.
+    pub group_max_f64: fn(&[f64], usize, &mut [u64]),
+    /// As `group_max_f32` for `f16`.
+    pub group_max_f16: fn(&[f16], usize, &mut [u64]),
+    /// As `group_max_f32` for `bf16`.
+    pub group_max_bf16: fn(&[bf16], usize, &mut [u64]),
     /// `dst[j] = src[j] * s[(col0 + j) / group]` (one IEEE multiply each, never fused), with
     /// arguments `(src, col0, group, s, dst)`.
     pub scale_groups_f32: fn(&[f32], usize, usize, &[f32], &mut [f32]),
@@ -77,6 +86,30 @@ macro_rules! absmax_body {
         }
     };
 }
+
+macro_rules! group_max_body {
+    ($name:ident, $t:ty, $u:ty, $inf:expr) => {
+        /// Largest finite magnitude key per group, merged into `out` (one slot per group).
+        #[inline(always)]
+        pub fn $name(row: &[$t], group: usize, out: &mut [u64]) {
+            const MAG: $u = <$u>::MAX >> 1;
+            const INF: $u = $inf;
+            for (slot, seg) in out.iter_mut().zip(row.chunks(group.max(1))) {
+                let mut finite: $u = 0;
+                for v in seg {
+                    let k = v.to_bits() & MAG;
+                    finite = finite.max(if k < INF { k } else { 0 });
+                }
+                *slot = (*slot).max(finite as u64);
+            }
+        }
+    };
+}
+
+group_max_body!(group_max_f32_body, f32, u32, 0x7F80_0000);
+group_max_body!(group_max_f64_body, f64, u64, 0x7FF0_0000_0000_0000);
+group_max_body!(group_max_f16_body, f16, u16, 0x7C00);
+group_max_body!(group_max_bf16_body, bf16, u16, 0x7F80);
 
 absmax_body!(absmax_f32_body, f32, u32, 0x7F80_0000);
 absmax_body!(absmax_f64_body, f64, u64, 0x7FF0_0000_0000_0000);
@@ -147,6 +180,18 @@ fn absmax_f16_portable(x: &[f16]) -> AbsMaxKeys {
 fn absmax_bf16_portable(x: &[bf16]) -> AbsMaxKeys {
     absmax_bf16_body(x)
 }
+fn group_max_f32_portable(row: &[f32], group: usize, out: &mut [u64]) {
+    group_max_f32_body(row, group, out)
+}
+fn group_max_f64_portable(row: &[f64], group: usize, out: &mut [u64]) {
+    group_max_f64_body(row, group, out)
+}
+fn group_max_f16_portable(row: &[f16], group: usize, out: &mut [u64]) {
+    group_max_f16_body(row, group, out)
+}
+fn group_max_bf16_portable(row: &[bf16], group: usize, out: &mut [u64]) {
+    group_max_bf16_body(row, group, out)
+}
 fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
     scale_groups_f32_body(src, col0, group, s, dst)
 }
@@ -161,6 +206,10 @@ pub static SCALAR_QUANT: QuantKernels = QuantKernels {
     absmax_f64: absmax_f64_portable,
     absmax_f16: absmax_f16_portable,
     absmax_bf16: absmax_bf16_portable,
+    group_max_f32: group_max_f32_portable,
+    group_max_f64: group_max_f64_portable,
+    group_max_f16: group_max_f16_portable,
+    group_max_bf16: group_max_bf16_portable,
     scale_groups_f32: scale_groups_f32_portable,
     scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
     stochastic_f32: stochastic::encode_f32,

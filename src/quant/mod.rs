@@ -330,6 +330,8 @@ pub trait QuantInput: Wide {
     const INF_KEY: u64;
     /// The magnitude-maxima kernel for this type.
     fn absmax(k: &QuantKernels) -> fn(&[Self]) -> AbsMaxKeys;
+    /// The per-group finite-maximum kernel for this type.
+    fn group_max(k: &QuantKernels) -> fn(&[Self], usize, &mut [u64]);
     /// The sign-cleared bits.
     fn abs_key(self) -> u64;
     /// The magnitude a key stands for (exact).
@@ -358,6 +360,9 @@ impl QuantInput for f32 {
     const INF_KEY: u64 = 0x7F80_0000;
     fn absmax(k: &QuantKernels) -> fn(&[f32]) -> AbsMaxKeys {
         k.absmax_f32
+    }
+    fn group_max(k: &QuantKernels) -> fn(&[f32], usize, &mut [u64]) {
+        k.group_max_f32
     }
     fn abs_key(self) -> u64 {
         u64::from(self.to_bits() & 0x7FFF_FFFF)
@@ -391,6 +396,9 @@ impl QuantInput for f64 {
     const INF_KEY: u64 = 0x7FF0_0000_0000_0000;
     fn absmax(k: &QuantKernels) -> fn(&[f64]) -> AbsMaxKeys {
         k.absmax_f64
+    }
+    fn group_max(k: &QuantKernels) -> fn(&[f64], usize, &mut [u64]) {
+        k.group_max_f64
     }
     fn abs_key(self) -> u64 {
         self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
@@ -429,12 +437,15 @@ impl QuantInput for f64 {
 }
 
 macro_rules! impl_half_input {
-    ($t:ty, $inf:expr, $absmax:ident) => {
+    ($t:ty, $inf:expr, $absmax:ident, $group_max:ident) => {
         impl QuantInput for $t {
             type W = f32;
             const INF_KEY: u64 = $inf;
             fn absmax(k: &QuantKernels) -> fn(&[$t]) -> AbsMaxKeys {
                 k.$absmax
+            }
+            fn group_max(k: &QuantKernels) -> fn(&[$t], usize, &mut [u64]) {
+                k.$group_max
             }
             fn abs_key(self) -> u64 {
                 u64::from(self.to_bits() & 0x7FFF)
@@ -469,8 +480,8 @@ macro_rules! impl_half_input {
     };
 }
 
-impl_half_input!(f16, 0x7C00, absmax_f16);
-impl_half_input!(bf16, 0x7F80, absmax_bf16);
+impl_half_input!(f16, 0x7C00, absmax_f16, group_max_f16);
+impl_half_input!(bf16, 0x7F80, absmax_bf16, group_max_bf16);
 
 /// Apply `f(offset, src_piece, dst_piece)` to equal-length slices, split across the pool at
 /// multiples of [`TILE`] when large.
@@ -556,7 +567,7 @@ fn group_finite_keys<T: QuantInput>(x: &[T], lay: &Layout) -> Vec<u64> {
     if x.is_empty() {
         return grid;
     }
-    let kernel = T::absmax(quant_kernels());
+    let group_max = T::group_max(quant_kernels());
     let rows_per_task = (threads::PARALLEL_MIN_ELEMENTS / 4 / lay.cols.max(1)).max(1);
     let tasks: Vec<(usize, usize)> = (0..lay.rows)
         .step_by(rows_per_task)
@@ -575,9 +586,7 @@ fn group_finite_keys<T: QuantInput>(x: &[T], lay: &Layout) -> Vec<u64> {
             let row = &x[r * lay.cols..(r + 1) * lay.cols];
             let prow = &mut part[(lay.srow(r) - s_lo) * lay.groups..][..lay.groups];
             if lay.group >= 8 {
-                for (slot, seg) in prow.iter_mut().zip(row.chunks(lay.group)) {
-                    *slot = (*slot).max(kernel(seg).finite);
-                }
+                group_max(row, lay.group, prow);
             } else {
                 for (c, &v) in row.iter().enumerate() {
                     let key = v.abs_key();

@@ -746,3 +746,45 @@ fn scale_group_kernels_match_naive_on_every_isa() {
         }
     }
 }
+
+#[test]
+fn group_max_kernels_match_naive_on_every_isa() {
+    let mut rng = Lcg(22);
+    let mut v: Vec<f32> = (0..700).map(|_| rng.wide_f32()).collect();
+    for i in (0..700).step_by(41) {
+        v[i] = [f32::NAN, f32::INFINITY, -f32::INFINITY, -f32::NAN][i % 4];
+    }
+    let d: Vec<f64> = v.iter().map(|&x| f64::from(x) * 1e200).collect();
+    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+    let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+    fn naive<T: QuantInput>(row: &[T], group: usize, init: u64) -> Vec<u64> {
+        row.chunks(group)
+            .map(|seg| naive_keys(seg).finite.max(init))
+            .collect()
+    }
+    for k in tables() {
+        for group in [8usize, 32, 33, 128, 700, 1000] {
+            for len in [0usize, 7, 32, 100, 700] {
+                let slots = len.div_ceil(group);
+                let init = 0x3F80_0000u64; // merged with an existing partial maximum
+                let mut out = vec![init; slots];
+                (k.group_max_f32)(&v[..len], group, &mut out);
+                assert_eq!(
+                    out,
+                    naive(&v[..len], group, init),
+                    "{} f32 {group} {len}",
+                    k.isa
+                );
+                let mut out = vec![0; slots];
+                (k.group_max_f64)(&d[..len], group, &mut out);
+                assert_eq!(out, naive(&d[..len], group, 0), "{} f64", k.isa);
+                let mut out = vec![0; slots];
+                (k.group_max_f16)(&h[..len], group, &mut out);
+                assert_eq!(out, naive(&h[..len], group, 0), "{} f16", k.isa);
+                let mut out = vec![0; slots];
+                (k.group_max_bf16)(&b[..len], group, &mut out);
+                assert_eq!(out, naive(&b[..len], group, 0), "{} bf16", k.isa);
+            }
+        }
+    }
+}

@@ -30,6 +30,22 @@ fn absmax_bf16_impl(x: &[bf16]) -> AbsMaxKeys {
     k::absmax_bf16_body(x)
 }
 #[target_feature(enable = "avx2,fma,f16c")]
+fn group_max_f32_impl(row: &[f32], group: usize, out: &mut [u64]) {
+    k::group_max_f32_body(row, group, out)
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_max_f64_impl(row: &[f64], group: usize, out: &mut [u64]) {
+    k::group_max_f64_body(row, group, out)
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_max_f16_impl(row: &[f16], group: usize, out: &mut [u64]) {
+    k::group_max_f16_body(row, group, out)
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_max_bf16_impl(row: &[bf16], group: usize, out: &mut [u64]) {
+    k::group_max_bf16_body(row, group, out)
+}
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_groups_f32_impl(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
     k::scale_groups_f32_body(src, col0, group, s, dst)
 }
@@ -208,6 +224,22 @@ fn absmax_bf16(x: &[bf16]) -> AbsMaxKeys {
     // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
     unsafe { absmax_bf16_impl(x) }
 }
+fn group_max_f32(row: &[f32], group: usize, out: &mut [u64]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { group_max_f32_impl(row, group, out) }
+}
+fn group_max_f64(row: &[f64], group: usize, out: &mut [u64]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { group_max_f64_impl(row, group, out) }
+}
+fn group_max_f16(row: &[f16], group: usize, out: &mut [u64]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { group_max_f16_impl(row, group, out) }
+}
+fn group_max_bf16(row: &[bf16], group: usize, out: &mut [u64]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { group_max_bf16_impl(row, group, out) }
+}
 fn scale_groups_f32(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
     // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
     unsafe { scale_groups_f32_impl(src, col0, group, s, dst) }
@@ -227,6 +259,10 @@ static QUANT: QuantKernels = QuantKernels {
     absmax_f64,
     absmax_f16,
     absmax_bf16,
+    group_max_f32,
+    group_max_f64,
+    group_max_f16,
+    group_max_bf16,
     scale_groups_f32,
     scale_groups_inplace_f32,
     stochastic_f32,
