@@ -303,7 +303,7 @@ impl Work for f32 {
         1.0 / scale
     }
     fn pow2(k: i32) -> f32 {
-        (2f64).powi(k) as f32
+        pow2_f32(k)
     }
 }
 
@@ -318,7 +318,7 @@ impl Work for f64 {
         1.0 / f64::from(scale)
     }
     fn pow2(k: i32) -> f64 {
-        (2f64).powi(k)
+        f64::from(pow2_f32(k))
     }
 }
 
@@ -635,12 +635,23 @@ pub fn mx_exponent(amax: f64, fmt: Format) -> i32 {
     (floor_log2 - fmt.max_exp()).clamp(-127, 127)
 }
 
+/// `2^k` for `-127 <= k <= 127`, exact, from the bits (`2^-127` is the one subnormal).
+#[inline]
+pub fn pow2_f32(k: i32) -> f32 {
+    debug_assert!((-127..=127).contains(&k));
+    if k >= -126 {
+        f32::from_bits(((k + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1 << 22)
+    }
+}
+
 /// The value of an E8M0 scale code: `2^(code - 127)`, NaN for 0xFF.
 pub fn e8m0_value(code: u8) -> f32 {
     if code == 0xFF {
         f32::NAN
     } else {
-        (2f64).powi(i32::from(code) - 127) as f32
+        pow2_f32(i32::from(code) - 127)
     }
 }
 

@@ -788,3 +788,12 @@ fn group_max_kernels_match_naive_on_every_isa() {
         }
     }
 }
+
+#[test]
+fn powers_of_two_are_exact() {
+    for k in -127..=127 {
+        assert_eq!(f64::from(pow2_f32(k)), 2f64.powi(k), "{k}");
+        assert_eq!(f64::from(e8m0_value((k + 127) as u8)), 2f64.powi(k));
+    }
+    assert!(e8m0_value(0xFF).is_nan());
+}
