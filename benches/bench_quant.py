@@ -32,7 +32,7 @@ def numpy_quantize(x):
     return (x / scale).astype(E4M3), scale
 
 
-def _cases(x, q, scale, stoch_out):
+def _cases(x, q, scale, stoch_out, deq_out):
     return {
         "quantize tensor": lambda: quantize(x, "e4m3"),
         "quantize channel": lambda: quantize(x.reshape(4096, -1), "e4m3", granularity="channel"),
@@ -41,6 +41,7 @@ def _cases(x, q, scale, stoch_out):
         "quantize stochastic": lambda: quantize(x, "e4m3", rounding="stochastic", seed=1),
         "encode stochastic": lambda: _core.encode_stochastic_into(x, stoch_out, "e4m3", True, 1),
         "dequantize tensor": lambda: dequantize(q, scale),
+        "dequantize tensor out=": lambda: dequantize(q, scale, out=deq_out),
         "numpy+ml_dtypes quantize": lambda: numpy_quantize(x),
     }
 
@@ -53,7 +54,7 @@ def measure(n=N, repeat=5, threads=1):
         x = make_input(n)
         q, scale = quantize(x, "e4m3")
         stoch_out = np.empty(n, np.uint8)
-        cases = _cases(x, q, scale, stoch_out)
+        cases = _cases(x, q, scale, stoch_out, np.empty(n, np.float32))
         copy_dst = np.empty_like(x)
         best = {name: float("inf") for name in cases}
         best["copyto f32"] = float("inf")
@@ -139,6 +140,9 @@ class Ratios:
     def track_dequantize_vs_copyto(self, r):
         return r["dequantize tensor"] / r["copyto f32"]
 
+    def track_dequantize_out_vs_copyto(self, r):
+        return r["dequantize tensor out="] / r["copyto f32"]
+
     def track_encode_stochastic_vs_copyto(self, r):
         return r["encode stochastic"] / r["copyto f32"]
 
@@ -146,7 +150,7 @@ class Ratios:
         return r["quantize stochastic"] / r["copyto f32"]
 
     for _f in (track_quantize_tensor_vs_copyto, track_quantize_tensor_vs_numpy,
-               track_dequantize_vs_copyto, track_encode_stochastic_vs_copyto,
+               track_dequantize_vs_copyto, track_dequantize_out_vs_copyto, track_encode_stochastic_vs_copyto,
                track_quantize_stochastic_vs_copyto):
         _f.unit = "x"
     del _f

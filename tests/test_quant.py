@@ -620,3 +620,23 @@ def test_public_encode_stochastic_uses_the_documented_definition(isa, saturate):
         want = ref_stochastic(np.ascontiguousarray(x).astype(np.float64).ravel(), fmt, saturate,
                               draws(31, x.size)).reshape(x.shape)
         assert_values(got, want, fmt)
+
+
+def test_dequantize_out(isa):
+    x = make_input((64, 96), np.float32, seed=17)
+    q, s = quantize(x, "e4m3", granularity="block", block=(32, 32))
+    want = dequantize(q, s, block=(32, 32))
+    out = np.full((64, 96), 7.0, np.float32)
+    assert dequantize(q, s, block=(32, 32), out=out) is out
+    assert np.array_equal(out, want, equal_nan=True)
+    big = np.zeros((96, 64), np.float32)
+    strided = big.T  # not C-contiguous
+    assert dequantize(q, s, block=(32, 32), out=strided) is strided
+    assert np.array_equal(strided, want, equal_nan=True)
+    o16 = np.empty((64, 96), np.float16)
+    dequantize(q, s, block=(32, 32), out=o16)  # dtype taken from out
+    assert np.array_equal(o16, dequantize(q, s, block=(32, 32), dtype=np.float16), equal_nan=True)
+    with pytest.raises(TypeError):
+        dequantize(q, s, block=(32, 32), dtype=np.float64, out=out)
+    with pytest.raises(ValueError):
+        dequantize(q, s, block=(32, 32), out=np.empty((64, 95), np.float32))

@@ -37,6 +37,7 @@ def dequantize(
     axis: int,
     block: tuple[int, int],
     dtype: str,
+    out: np.ndarray | None = None,
 ) -> np.ndarray: ...
 def amax_rows(x: np.ndarray, ignore_nan: bool) -> npt.NDArray[np.float64]: ...
 def encode_stochastic_into(

@@ -237,6 +237,7 @@ def dequantize(
     granularity: Optional[str] = None,
     block: Union[int, Tuple[int, int]] = (128, 128),
     fmt=None,
+    out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Dequantize: ``decode(q) * scale`` with ``scale`` broadcast per layout, in one pass.
 
@@ -257,11 +258,14 @@ def dequantize(
         Block shape for ``"block"`` (default 128x128).
     fmt : {"e4m3", "e5m2"}, optional
         Required when ``q`` is ``uint8``.
+    out : numpy.ndarray, optional
+        Where to write: ``q``'s shape and ``dtype`` (``out.dtype`` when ``dtype`` is left at
+        its default), any strides. Returned.
 
     Returns
     -------
     numpy.ndarray
-        ``q``'s shape, C-contiguous, of ``dtype``.
+        ``q``'s shape, of ``dtype`` (``out`` if given, else a new C-contiguous array).
 
     Notes
     -----
@@ -271,6 +275,17 @@ def dequantize(
     or dtype raises ``ValueError`` naming the expected shape.
     """
     q, fmt = _codes(q, fmt)
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+        if dtype is np.float32 and out.dtype in _OUTPUT_NAMES:
+            dtype = out.dtype
+        if out.dtype != np.dtype(dtype):
+            raise TypeError(f"out has dtype {out.dtype} but dtype={np.dtype(dtype)} was asked for")
+        if out.shape != q.shape:
+            raise ValueError(f"out has shape {_shape_str(out.shape)}, expected {_shape_str(q.shape)}")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
     out_dtype = np.dtype(dtype)
     if out_dtype not in _OUTPUT_NAMES:
         raise TypeError(
@@ -341,9 +356,16 @@ def dequantize(
                 f"({br}, {bc})"
             )
         scale = _scale_f32(scale, _shape_str(expected))
-    return _core.dequantize(
-        q, scale, fmt, granularity, axis, (br, bc), _OUTPUT_NAMES[out_dtype]
+    direct = out if out is not None and out.flags.c_contiguous else None
+    if direct is not None and np.may_share_memory(direct, q):
+        direct = None  # out overlaps the codes: compute aside, then copy
+    result = _core.dequantize(
+        q, scale, fmt, granularity, axis, (br, bc), _OUTPUT_NAMES[out_dtype], direct
     )
+    if out is not None and direct is None:
+        np.copyto(out, result)
+        return out
+    return result
 
 
 def amax(

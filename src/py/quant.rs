@@ -160,11 +160,30 @@ fn dequantize_typed<'py, T: DequantOutput + numpy::Element>(
     fmt: Format,
     granularity: Granularity,
     scales: &[f32],
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let shape = q.shape().to_vec();
     let n = q.len();
-    // numpy's allocator, as in `quantize_typed`.
-    let out = PyArrayDyn::<T>::zeros(py, IxDyn(&shape), false);
+    let out = match out {
+        // numpy's allocator, as in `quantize_typed`.
+        None => PyArrayDyn::<T>::zeros(py, IxDyn(&shape), false),
+        Some(o) => {
+            let o = o.cast::<PyArrayDyn<T>>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "out has dtype {} but dtype={} was asked for",
+                    dtype_name(o),
+                    T::NAME
+                ))
+            })?;
+            if o.shape() != shape.as_slice() || !o.is_c_contiguous() {
+                return Err(PyValueError::new_err(format!(
+                    "out must be a C-contiguous array of shape {}",
+                    shape_str(&shape)
+                )));
+            }
+            o.clone()
+        }
+    };
     let mut orw = out.try_readwrite().map_err(borrow_error)?;
     let os = orw.as_slice_mut().map_err(borrow_error)?;
     maybe_detach(py, n, || -> crate::Result<()> {
@@ -191,8 +210,10 @@ fn shape_str(s: &[usize]) -> String {
 
 /// `decode(q) * scale` with the scale broadcast per `granularity`, as `dtype`.
 ///
-/// `q` is uint8 codes; `scale` float32 (uint8 E8M0 codes for `"mx"`).
+/// `q` is uint8 codes; `scale` float32 (uint8 E8M0 codes for `"mx"`); `out`, if given, a
+/// C-contiguous array of q's shape and of `dtype`, written and returned.
 #[pyfunction]
+#[pyo3(signature = (q, scale, fmt, granularity, axis, block, dtype, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn dequantize<'py>(
     py: Python<'py>,
@@ -203,6 +224,7 @@ fn dequantize<'py>(
     axis: i64,
     block: (i64, i64),
     dtype: &str,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let fmt: Format = fmt.parse()?;
     let q = q.cast::<PyArrayDyn<u8>>().map_err(|_| {
@@ -246,10 +268,10 @@ fn dequantize<'py>(
         ro.as_array().iter().copied().collect()
     };
     match dtype {
-        "float32" => dequantize_typed::<f32>(py, qv, fmt, granularity, &scales),
-        "float64" => dequantize_typed::<f64>(py, qv, fmt, granularity, &scales),
-        "float16" => dequantize_typed::<f16>(py, qv, fmt, granularity, &scales),
-        "bfloat16" => dequantize_typed::<bf16>(py, qv, fmt, granularity, &scales),
+        "float32" => dequantize_typed::<f32>(py, qv, fmt, granularity, &scales, out),
+        "float64" => dequantize_typed::<f64>(py, qv, fmt, granularity, &scales, out),
+        "float16" => dequantize_typed::<f16>(py, qv, fmt, granularity, &scales, out),
+        "bfloat16" => dequantize_typed::<bf16>(py, qv, fmt, granularity, &scales, out),
         other => Err(PyTypeError::new_err(format!(
             "cannot dequantize to {other}: expected float32, float64, float16 or bfloat16"
         ))),
