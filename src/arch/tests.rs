@@ -714,31 +714,45 @@ fn exhaustive_every_f32_every_level() {
         })
         .collect();
     let names: Vec<String> = levels.iter().map(|&(i, k)| level_name(i, k)).collect();
-    eprintln!("exhaustive: 2^32 f32 x 4 modes against the scalar reference on {names:?}");
+    fn check_chunk(
+        isa: Isa,
+        what: &str,
+        src: &[f32],
+        got: &[u8],
+        want: &[u8],
+        fmt: Format,
+        sat: bool,
+    ) {
+        if got != want {
+            let i = got.iter().zip(want).position(|(g, w)| g != w).unwrap();
+            panic!(
+                "{isa}: {what} {:#010x} -> {fmt} sat={sat}: got {:#04x}, want {:#04x}",
+                src[i].to_bits(),
+                got[i],
+                want[i]
+            );
+        }
+    }
+    eprintln!("exhaustive: 2^32 f32 (as f32 and widened to f64) x 4 modes against the scalar reference on {names:?}");
     let start = Instant::now();
     (0..1u32 << 16).into_par_iter().for_each_init(
-        || (vec![0f32; 1 << 16], vec![0u8; 1 << 16], vec![0u8; 1 << 16]),
-        |(src, want, got), hi| {
-            for (lo, x) in src.iter_mut().enumerate() {
+        || {
+            let n = 1 << 16;
+            (vec![0f32; n], vec![0f64; n], vec![0u8; n], vec![0u8; n])
+        },
+        |(src, src64, want, got), hi| {
+            for (lo, (x, x64)) in src.iter_mut().zip(src64.iter_mut()).enumerate() {
                 *x = f32::from_bits(hi << 16 | lo as u32);
+                *x64 = f64::from(*x);
             }
             for (fmt, sat) in MODES {
                 scalar::slices::encode_f32(src, want, fmt, sat);
                 for &(isa, k) in &levels {
                     (k.encode_f32)(src, got, fmt, sat);
-                    if got != want {
-                        let i = got
-                            .iter()
-                            .zip(want.iter())
-                            .position(|(g, w)| g != w)
-                            .unwrap();
-                        panic!(
-                            "{isa}: f32 {:#010x} -> {fmt} sat={sat}: got {:#04x}, want {:#04x}",
-                            src[i].to_bits(),
-                            got[i],
-                            want[i]
-                        );
-                    }
+                    check_chunk(isa, "f32", src, got, want, fmt, sat);
+                    // Every f32 is also an f64 input with the same exact value and result.
+                    (k.encode_f64)(src64, got, fmt, sat);
+                    check_chunk(isa, "f64 (widened f32)", src, got, want, fmt, sat);
                 }
             }
         },
