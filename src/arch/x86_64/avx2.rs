@@ -65,13 +65,14 @@ fn srl_mant<const E5: bool>(x: __m256i) -> __m256i {
     }
 }
 
-/// 8 f32 bit patterns -> 8 FP8 codes in 32-bit lanes (see [`super::common`]).
+/// 8 f32 bit patterns -> the 8 FP8 codes of their magnitudes (0..=0x7F) in 32-bit lanes (see
+/// [`super::common`]).
 ///
 /// The subnormal candidate is computed for every lane from `min(abs, min_normal)` so that
 /// lanes that do not use it never overflow or convert a NaN (no spurious MXCSR flags).
 #[target_feature(enable = "avx2,f16c")]
 #[inline]
-fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m256i) -> __m256i {
+fn encode_abs_lanes<const E5: bool, const SAT: bool>(bits: __m256i) -> __m256i {
     let c = FmtConsts::get(E5, SAT);
     let abs = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFF_FFFF));
     let lsb = _mm256_and_si256(srl_mant::<E5>(abs), _mm256_set1_epi32(1));
@@ -89,20 +90,37 @@ fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m256i) -> __m256i {
         _mm256_castsi256_ps(_mm256_set1_epi32(c.sub_scale_bits)),
     );
     let sub_code = _mm256_cvttps_epi32(_mm256_round_ps::<RNE>(scaled));
-    code = _mm256_blendv_epi8(code, sub_code, is_small);
-    let sign = _mm256_and_si256(_mm256_srli_epi32::<24>(bits), _mm256_set1_epi32(0x80));
-    _mm256_or_si256(code, sign)
+    _mm256_blendv_epi8(code, sub_code, is_small)
 }
 
-/// Four vectors of 8 codes -> 32 bytes in order. After the two packs, dword `4l + v` holds the
-/// four codes of 128-bit lane `l` of input `v`; `vpermd` moves it to `2v + l`.
+/// Encode 32 f32 bit patterns (four vectors) to 32 signed codes in order.
+///
+/// The magnitude codes are narrowed with `vpackusdw`/`vpackuswb`, the bit patterns with the
+/// signed-saturating `vpackssdw`/`vpacksswb` (which keep each sign in its byte's sign bit), so
+/// the signs are merged once per 32 codes. Both packs work per 128-bit lane: dword `4l + v`
+/// holds the four elements of lane `l` of input `v`; `vpermd` moves it to `2v + l`.
 #[target_feature(enable = "avx2,f16c")]
 #[inline]
-fn pack_codes(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
-    let ab = _mm256_packus_epi32(a, b);
-    let cd = _mm256_packus_epi32(c, d);
-    let abcd = _mm256_packus_epi16(ab, cd);
-    _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+fn encode_block<const E5: bool, const SAT: bool>(bits: [__m256i; 4]) -> __m256i {
+    let codes = [
+        encode_abs_lanes::<E5, SAT>(bits[0]),
+        encode_abs_lanes::<E5, SAT>(bits[1]),
+        encode_abs_lanes::<E5, SAT>(bits[2]),
+        encode_abs_lanes::<E5, SAT>(bits[3]),
+    ];
+    let narrow_codes = _mm256_packus_epi16(
+        _mm256_packus_epi32(codes[0], codes[1]),
+        _mm256_packus_epi32(codes[2], codes[3]),
+    );
+    let narrow_signs = _mm256_packs_epi16(
+        _mm256_packs_epi32(bits[0], bits[1]),
+        _mm256_packs_epi32(bits[2], bits[3]),
+    );
+    let signed = _mm256_or_si256(
+        narrow_codes,
+        _mm256_and_si256(narrow_signs, _mm256_set1_epi8(0x80u8 as i8)),
+    );
+    _mm256_permutevar8x32_epi32(signed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// 4 f64 -> 4 f32 bit patterns rounded to odd (see [`super::common`]): convert with whatever
@@ -175,11 +193,13 @@ macro_rules! encode_via_f32_kernel {
                 // SAFETY: i + 32 <= n: the 32 elements read and 32 bytes written are in bounds.
                 unsafe {
                     let load = |$p: *const $ty| -> __m256i { $load };
-                    let c0 = encode_f32_lanes::<E5, SAT>(load(s.add(i)));
-                    let c1 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 8)));
-                    let c2 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 16)));
-                    let c3 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 24)));
-                    _mm256_storeu_si256(d.add(i).cast(), pack_codes(c0, c1, c2, c3));
+                    let bits = [
+                        load(s.add(i)),
+                        load(s.add(i + 8)),
+                        load(s.add(i + 16)),
+                        load(s.add(i + 24)),
+                    ];
+                    _mm256_storeu_si256(d.add(i).cast(), encode_block::<E5, SAT>(bits));
                 }
                 i += BLOCK;
             }
@@ -215,11 +235,8 @@ unsafe fn encode_f64_kernel<const E5: bool, const SAT: bool>(src: &[f64], dst: &
                 let hi = f64_to_f32_odd(_mm256_loadu_pd(s.add(j + 4)));
                 _mm256_set_m128i(hi, lo)
             };
-            let c0 = encode_f32_lanes::<E5, SAT>(load(i));
-            let c1 = encode_f32_lanes::<E5, SAT>(load(i + 8));
-            let c2 = encode_f32_lanes::<E5, SAT>(load(i + 16));
-            let c3 = encode_f32_lanes::<E5, SAT>(load(i + 24));
-            _mm256_storeu_si256(d.add(i).cast(), pack_codes(c0, c1, c2, c3));
+            let bits = [load(i), load(i + 8), load(i + 16), load(i + 24)];
+            _mm256_storeu_si256(d.add(i).cast(), encode_block::<E5, SAT>(bits));
         }
         i += BLOCK;
     }

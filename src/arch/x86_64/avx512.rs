@@ -72,7 +72,7 @@ fn mask32(n: usize) -> __mmask32 {
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-/// 16 f32 bit patterns -> 16 FP8 codes, one per 32-bit lane (0..=255).
+/// 16 f32 bit patterns -> 16 FP8 codes of their magnitudes, one per 32-bit lane (0..=0x7F).
 ///
 /// Normal results: round-to-nearest-even on the integer bit pattern (see
 /// [`FmtConsts::round_add`]); the rounded value carries into the exponent field, so
@@ -86,7 +86,7 @@ fn mask32(n: usize) -> __mmask32 {
 /// its correct FP8 result anyway (< 2^-126 rounds to 0).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
-fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
+fn encode_abs_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
     let c = FmtConsts::get(E5, SAT);
     let abs = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF));
     let lsb = _mm512_and_si512(srl_mant::<E5>(abs), _mm512_set1_epi32(1));
@@ -99,9 +99,18 @@ fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
     let is_small = _mm512_cmplt_epi32_mask(abs, _mm512_set1_epi32(c.min_normal_bits));
     let magic = _mm512_set1_epi32(c.sub_magic_bits);
     let sum = _mm512_add_round_ps::<RNE>(_mm512_castsi512_ps(abs), _mm512_castsi512_ps(magic));
-    code = _mm512_mask_sub_epi32(code, is_small, _mm512_castps_si512(sum), magic);
-    // code | ((bits >> 24) & 0x80)
-    _mm512_ternarylogic_epi32::<0xF8>(code, _mm512_srli_epi32::<24>(bits), _mm512_set1_epi32(0x80))
+    _mm512_mask_sub_epi32(code, is_small, _mm512_castps_si512(sum), magic)
+}
+
+/// [`encode_abs_lanes`] with the sign: `code | ((bits >> 24) & 0x80)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+#[inline]
+fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
+    _mm512_ternarylogic_epi32::<0xF8>(
+        encode_abs_lanes::<E5, SAT>(bits),
+        _mm512_srli_epi32::<24>(bits),
+        _mm512_set1_epi32(0x80),
+    )
 }
 
 /// `x >> (23 - m)`: the f32 mantissa bits below the FP8 mantissa.
@@ -115,18 +124,46 @@ fn srl_mant<const E5: bool>(x: __m512i) -> __m512i {
     }
 }
 
-/// Four vectors of 16 codes (values 0..=255 in 32-bit lanes) -> 64 bytes in order.
+/// Four vectors of 16 magnitude codes (0..=0x7F in 32-bit lanes) and the four f32 bit patterns
+/// they came from -> 64 signed codes in order.
 ///
-/// `vpackusdw`/`vpackuswb` work per 128-bit lane, so the packed vector holds, in dword `4l + v`,
-/// the 4 codes of lane `l` of input `v`; `vpermd` puts dword `4l + v` at position `4v + l`.
+/// `vpackusdw`/`vpackuswb` narrow the codes; `vpackssdw`/`vpacksswb` narrow the bit patterns
+/// with signed saturation, which keeps each one's sign in the sign bit of its byte, so one
+/// `vpternlogd` puts all 64 signs in place (instead of a shift and a ternlog per vector).
+/// The packs work per 128-bit lane, so the packed vector holds, in dword `4l + v`, the 4
+/// elements of lane `l` of input `v`; `vpermd` puts dword `4l + v` at position `4v + l`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
-fn pack_codes(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m512i {
-    let ab = _mm512_packus_epi32(a, b);
-    let cd = _mm512_packus_epi32(c, d);
-    let abcd = _mm512_packus_epi16(ab, cd);
+fn pack_signed_codes(codes: [__m512i; 4], bits: [__m512i; 4]) -> __m512i {
+    let narrow_codes = _mm512_packus_epi16(
+        _mm512_packus_epi32(codes[0], codes[1]),
+        _mm512_packus_epi32(codes[2], codes[3]),
+    );
+    let narrow_signs = _mm512_packs_epi16(
+        _mm512_packs_epi32(bits[0], bits[1]),
+        _mm512_packs_epi32(bits[2], bits[3]),
+    );
+    // codes | (signs & 0x80)
+    let signed = _mm512_ternarylogic_epi32::<0xF8>(
+        narrow_codes,
+        narrow_signs,
+        _mm512_set1_epi8(0x80u8 as i8),
+    );
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_permutexvar_epi32(order, abcd)
+    _mm512_permutexvar_epi32(order, signed)
+}
+
+/// Encode 64 f32 bit patterns (four vectors) to 64 codes in order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+#[inline]
+fn encode_block<const E5: bool, const SAT: bool>(bits: [__m512i; 4]) -> __m512i {
+    let codes = [
+        encode_abs_lanes::<E5, SAT>(bits[0]),
+        encode_abs_lanes::<E5, SAT>(bits[1]),
+        encode_abs_lanes::<E5, SAT>(bits[2]),
+        encode_abs_lanes::<E5, SAT>(bits[3]),
+    ];
+    pack_signed_codes(codes, bits)
 }
 
 /// Widen 16 bf16 bit patterns to f32 bit patterns (exact: bf16 is the top half of an f32).
@@ -190,11 +227,13 @@ macro_rules! encode_via_f32_kernel {
                 // bounds of both slices.
                 unsafe {
                     let load = |$p: *const $ty| -> __m512i { $full };
-                    let c0 = encode_f32_lanes::<E5, SAT>(load(s.add(i)));
-                    let c1 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 16)));
-                    let c2 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 32)));
-                    let c3 = encode_f32_lanes::<E5, SAT>(load(s.add(i + 48)));
-                    _mm512_storeu_si512(d.add(i).cast(), pack_codes(c0, c1, c2, c3));
+                    let bits = [
+                        load(s.add(i)),
+                        load(s.add(i + 16)),
+                        load(s.add(i + 32)),
+                        load(s.add(i + 48)),
+                    ];
+                    _mm512_storeu_si512(d.add(i).cast(), encode_block::<E5, SAT>(bits));
                 }
                 i += BLOCK;
             }
@@ -256,11 +295,8 @@ unsafe fn encode_f64_kernel<const E5: bool, const SAT: bool>(src: &[f64], dst: &
             let load = |j: usize| {
                 f64x16_to_f32_odd(_mm512_loadu_pd(s.add(j)), _mm512_loadu_pd(s.add(j + 8)))
             };
-            let c0 = encode_f32_lanes::<E5, SAT>(load(i));
-            let c1 = encode_f32_lanes::<E5, SAT>(load(i + 16));
-            let c2 = encode_f32_lanes::<E5, SAT>(load(i + 32));
-            let c3 = encode_f32_lanes::<E5, SAT>(load(i + 48));
-            _mm512_storeu_si512(d.add(i).cast(), pack_codes(c0, c1, c2, c3));
+            let bits = [load(i), load(i + 16), load(i + 32), load(i + 48)];
+            _mm512_storeu_si512(d.add(i).cast(), encode_block::<E5, SAT>(bits));
         }
         i += BLOCK;
     }
