@@ -57,7 +57,8 @@
 //!
 //! No arithmetic on subnormal floats: codes are first turned into binary16 bit patterns with
 //! integer operations (E5M2 is a shift, E4M3 a shift with a 2^-8 scale, see the kernels), then
-//! widened exactly by `vcvtph2ps` (which ignores DAZ; the FTZ/DAZ test checks this on every
+//! widened exactly by `vcvtph2ps` (Intel SDM, VCVTPH2PS: "in case of a denormal operand, the
+//! correct normal result is returned. MXCSR.DAZ is ignored"; the FTZ/DAZ test checks it on every
 //! level) and, for E4M3, scaled by 2^8 (all operands and results normal). f64 and bf16 come
 //! from the f32 result (exact: widening, and the top half of an f32 with at most 4 significant
 //! bits); NaN is canonicalised in the f16 or f32 domain before that, so each output type gets
