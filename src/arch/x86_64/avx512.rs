@@ -215,8 +215,8 @@ fn encode_f16_e5m2_lanes<const SAT: bool>(h: __m512i) -> __m512i {
     _mm512_ternarylogic_epi32::<0xF8>(code, _mm512_srli_epi16::<8>(h), _mm512_set1_epi16(0x80))
 }
 
-/// The shape shared by the f32-body encoders: `load(ptr, n)` reads 16 elements starting at
-/// element `ptr` (only the first `n` when masked) and widens them to f32 bit patterns.
+/// The f32-body encoders (f32, bf16, f16 -> E4M3): `|p| full` loads 16 elements at `p` and
+/// widens them to f32 bit patterns; `|p, k| masked` does the same loading only the lanes in `k`.
 macro_rules! encode_via_f32_kernel {
     ($name:ident, $ty:ty, |$p:ident| $full:expr, |$q:ident, $k:ident| $masked:expr) => {
         /// # Safety
