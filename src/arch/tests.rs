@@ -587,7 +587,7 @@ mod mxcsr {
     impl Guard {
         pub fn set(bits: u32) -> Guard {
             let old = read();
-            write((old & !(RC_MASK | super::mxcsr::DAZ | super::mxcsr::FTZ)) | bits);
+            write((old & !(RC_MASK | DAZ | FTZ)) | bits);
             Guard(old)
         }
     }
