@@ -13,10 +13,11 @@ use super::{codec_kernels_for, CodecKernels, Isa};
 use crate::format::Format;
 use crate::scalar;
 
-/// The SIMD levels this CPU has, announcing the ones it lacks.
+/// The levels this CPU has (the portable one included: its kernels are not the reference),
+/// announcing the ones it lacks.
 fn simd_levels(test: &str) -> Vec<&'static CodecKernels> {
     let mut levels = Vec::new();
-    for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar) {
+    for isa in Isa::ALL {
         match codec_kernels_for(isa) {
             Some(k) => levels.push(k),
             None => eprintln!("{test}: SKIPPED level {isa}: this CPU lacks its features"),
@@ -702,9 +703,8 @@ fn exhaustive_every_f32_every_level() {
     use rayon::prelude::*;
     use std::time::Instant;
 
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|&i| i != Isa::Scalar).collect();
     let mut levels: Vec<(Isa, &CodecKernels)> = Vec::new();
-    for isa in isas {
+    for isa in Isa::ALL {
         match codec_kernels_for(isa) {
             // A level sharing an earlier level's table (AVX512BF16 uses the AVX-512 codecs)
             // would repeat the same sweep; it is checked once, under the first name.

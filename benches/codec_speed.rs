@@ -2,9 +2,9 @@
 //! same-run copy of f32 (`copy_from_slice`, the memory-bandwidth reference).
 //!
 //! ```text
-//! cargo run --release --example codec_speed            # every level, N = 2^24
-//! cargo run --release --example codec_speed -- avx512  # one level
-//! FP8FAST_BENCH_LOG2N=22 FP8FAST_BENCH_REPS=15 cargo run --release --example codec_speed
+//! cargo bench --bench codec_speed            # every level, N = 2^24
+//! cargo bench --bench codec_speed -- avx512  # one level
+//! FP8FAST_BENCH_LOG2N=22 FP8FAST_BENCH_REPS=15 cargo bench --bench codec_speed
 //! ```
 //!
 //! Each figure is the best of several repetitions over preallocated, pre-faulted buffers.
