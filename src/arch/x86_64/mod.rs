@@ -5,6 +5,7 @@
 
 pub mod avx2;
 pub mod avx512;
+mod common;
 pub mod quant_avx2;
 pub mod quant_avx512;
 
