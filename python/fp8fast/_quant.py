@@ -2,6 +2,31 @@
 
 The scale is always the *dequantization multiplier*: ``x ≈ decode(q) * scale`` (the convention of
 compressed-tensors ``weight_scale`` and DeepSeek-V3 ``weight_scale_inv``).
+
+Stochastic rounding (``rounding="stochastic"`` here and in ``fp8fast.encode``) is defined exactly,
+for a value ``v`` (the scaled value in :func:`quantize`) with magnitude ``a``, mantissa bits ``m``
+(3 for E4M3, 2 for E5M2), smallest normal exponent ``emin`` (-6, -14), largest exponent ``emax``
+(8, 15) and a 32-bit draw ``r``::
+
+    e    = max(floor(log2 a), emin)         # FP8 subnormals share emin's spacing
+    n    = a / 2**(e - m);  lo = floor(n);  frac = n - lo
+    up   = floor(frac * 2**32) > r          # P(up) = frac, to 32 bits
+    result magnitude = (lo + up) * 2**(e - m), sign of v kept
+
+Only the two neighbouring FP8 values can appear. NaN stays NaN; ``e > emax`` (including ±Inf)
+overflows; a result above max_normal (the upper neighbour of a value in the top gap, 480 for
+E4M3 and 65536 for E5M2) overflows too: to ±max_normal when saturating, else to NaN (E4M3) or
+±Inf (E5M2). So in the top gap a saturating encode always gives ±max_normal, and a
+non-saturating one gives ±max_normal with probability ``1 - frac`` and overflows otherwise.
+
+The draw of the element with C-order index ``i`` is::
+
+    k0, k1 = low, high 32 bits of splitmix64(seed)
+    r(i)   = mix32(mix32(lo32(i) ^ k0) ^ mix32(hi32(i) ^ k1))
+    mix32(x): x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16
+
+(all uint32 arithmetic), so results depend only on the seed and the element's position: the same
+for any thread count, ISA path, memory layout or strides.
 """
 
 from __future__ import annotations
@@ -185,7 +210,7 @@ def quantize(
     - Stochastic rounding rounds ``x * inv_scale`` up with probability equal to its fractional
       position between the two neighbouring FP8 values, from a counter-based generator keyed
       by ``(seed, C-order element index)``: reproducible and identical for any thread count.
-      See ``fp8fast.encode`` for the exact definition.
+      The exact definition is in this module's docstring (``fp8fast._quant``).
 
     The input is read twice (one amax pass, one fused scale-and-encode pass), multi-threaded for
     large inputs; the result does not depend on the thread count or the ISA path.
