@@ -530,6 +530,10 @@ def test_bad_input():
         quantize(np.ones((2, 3, 4), np.float32), granularity="block")
     with pytest.raises(ValueError, match="axis"):
         quantize(x, granularity="channel", axis=2)
+    with pytest.raises(ValueError, match="axis"):
+        quantize(x, granularity="channel", axis=2**70)
+    with pytest.raises(ValueError, match="block"):
+        quantize(x, granularity="block", block=(2**70, 1))
     with pytest.raises(ValueError, match="format"):
         quantize(x, "e3m4")
     with pytest.raises(ValueError, match="rounding"):

@@ -122,7 +122,7 @@ def _block(block) -> Tuple[int, int]:
         br, bc = (int(b) for b in block)
     except (TypeError, ValueError):
         raise ValueError(f"block must be a pair of positive integers, got {block!r}") from None
-    if br < 1 or bc < 1:
+    if not (1 <= br < 2**62 and 1 <= bc < 2**62):
         raise ValueError(f"block sizes must be >= 1, got ({br}, {bc})")
     return br, bc
 
@@ -228,8 +228,13 @@ def quantize(
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
         # Same convention as fp8fast.encode: the seed is taken modulo 2**64.
         seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
-    if granularity == "channel" and not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if granularity == "channel":
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"axis must be an integer, got {axis!r}")
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"axis {axis} is out of bounds for an array of dimension {x.ndim}")
+    else:
+        axis = 0
     q, scale = _core.quantize(x, fmt, granularity, int(axis), (br, bc), rounding, seed)
     q = q.view(_FP8_DTYPES[fmt])
     if granularity == "mx":

@@ -292,8 +292,14 @@ fn check_scale_shape(got: &[usize], layout: &quant::Layout, g: Granularity) -> P
     } else {
         shape_str(&layout.scale_shape)
     };
+    let name = match g {
+        Granularity::Tensor => "tensor",
+        Granularity::Channel { .. } => "channel",
+        Granularity::Block { .. } => "block",
+        Granularity::Mx => "mx",
+    };
     Err(PyValueError::new_err(format!(
-        "scale has shape {} but {g:?} granularity on this array expects shape {expected}",
+        "scale has shape {} but {name} granularity on this array expects shape {expected}",
         shape_str(got)
     )))
 }
