@@ -644,3 +644,25 @@ def test_dequantize_out(isa):
         dequantize(q, s, block=(32, 32), dtype=np.float64, out=out)
     with pytest.raises(ValueError):
         dequantize(q, s, block=(32, 32), out=np.empty((64, 95), np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_stochastic_top_gap(isa, fmt):
+    """Between max_normal and the next grid point: saturating always gives max_normal;
+    non-saturating overflows with probability frac (measured against the virtual next point)."""
+    m, _, emax, maxn = PARAMS[fmt]
+    step = 2.0 ** (emax - m)
+    c = maxn + 0.3 * step
+    n = 1 << 18
+    x = np.full(n, -c)
+    d = np.zeros(n, np.uint8)
+    _core.encode_stochastic_into(x, d, fmt, True, 3)
+    assert (d.view(FP8[fmt]).astype(np.float64) == -maxn).all()
+    _core.encode_stochastic_into(x, d, fmt, False, 3)
+    v = d.view(FP8[fmt]).astype(np.float64)
+    overflowed = np.isnan(v) if fmt == "e4m3" else (v == -np.inf)
+    assert (overflowed | (v == -maxn)).all()
+    sigma = math.sqrt(0.3 * 0.7 / n)
+    assert abs(overflowed.mean() - 0.3) < 5 * sigma
+    if fmt == "e4m3":
+        assert (d.view(np.uint8)[overflowed] == 0xFF).all()  # NaN keeps the sign
