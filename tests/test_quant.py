@@ -538,8 +538,12 @@ def test_bad_input():
         quantize(x, "e3m4")
     with pytest.raises(ValueError, match="rounding"):
         quantize(x, rounding="up")
-    with pytest.raises(TypeError):
-        quantize(np.ones(4, np.int32))
+    with pytest.raises(TypeError, match="complex"):
+        quantize(np.ones(4, np.complex64))
+    # Integers become float64 first, as everywhere in the API.
+    qi, si = quantize(np.arange(4, dtype=np.int32))
+    qf, sf = quantize(np.arange(4, dtype=np.float64))
+    assert np.array_equal(qi.view(np.uint8), qf.view(np.uint8)) and si == sf
     with pytest.raises(TypeError, match="seed"):
         quantize(x, rounding="stochastic", seed=1.5)
     a, _ = quantize(x * np.linspace(0, 1, 260, dtype=np.float32), rounding="stochastic", seed=-5)

@@ -23,6 +23,7 @@ from ._codec import (
     to_e4m3,
     to_e5m2,
 )
+from ._quant import QuantError, amax, dequantize, quant_error, quantize
 from ._config import (
     available_isas,
     get_isa,
@@ -38,13 +39,18 @@ __all__ = [
     "BFLOAT16",
     "E4M3",
     "E5M2",
+    "QuantError",
+    "amax",
     "available_isas",
+    "dequantize",
     "decode",
     "encode",
     "from_e4m3",
     "from_e5m2",
     "get_isa",
     "get_num_threads",
+    "quant_error",
+    "quantize",
     "set_isa",
     "set_num_threads",
     "show_config",

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _codec, _config
+from . import _codec, _config, _core, _quant
 
 
 @dataclass(frozen=True)
@@ -140,4 +140,70 @@ def ml_dtypes_convert(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, x, casting="unsafe")
 
 
-__all__ = ["CASES", "Case", "Row", "best_time", "format_table", "make_input", "ml_dtypes_convert", "run"]
+# --- quantization ---------------------------------------------------------------------------
+
+def numpy_quantize(x: np.ndarray) -> tuple:
+    """Per-tensor E4M3 quantization written with numpy + ml_dtypes (the baseline)."""
+    scale = np.float32(np.abs(x).max() / np.float32(448.0))
+    return (x / scale).astype(E4M3), scale
+
+
+def quant_cases(x: np.ndarray) -> dict:
+    """Name -> zero-argument call, for the quantization table (``x`` is float32, 1-D)."""
+    q, scale = _quant.quantize(x, "e4m3")
+    w = x.reshape(-1, 4096) if x.size % 4096 == 0 else x.reshape(1, -1)
+    stoch_out = np.empty(x.shape, np.uint8)
+    deq_out = np.empty(x.shape, np.float32)
+    return {
+        "quantize tensor": lambda: _quant.quantize(x, "e4m3"),
+        "quantize channel": lambda: _quant.quantize(w, "e4m3", granularity="channel"),
+        "quantize block": lambda: _quant.quantize(w, "e4m3", granularity="block"),
+        "quantize mx": lambda: _quant.quantize(w, "e4m3", granularity="mx"),
+        "quantize stochastic": lambda: _quant.quantize(x, "e4m3", rounding="stochastic", seed=1),
+        "encode stochastic": lambda: _core.encode_stochastic_into(x, stoch_out, "e4m3", True, 1),
+        "dequantize": lambda: _quant.dequantize(q, scale),
+        "dequantize out=": lambda: _quant.dequantize(q, scale, out=deq_out),
+        "numpy+ml_dtypes quantize": lambda: numpy_quantize(x),
+    }
+
+
+def run_quant(n: int = 1 << 24, repeat: int = 5, threads: int = 1) -> dict:
+    """Elements per second of every quantization case and of ``np.copyto`` float32
+    (key ``"copyto f32"``), interleaved, best of ``repeat`` (the numpy baseline: of 2)."""
+    saved = _config.get_num_threads()
+    _config.set_num_threads(threads)
+    try:
+        x = make_input(F32, n)
+        x[~np.isfinite(x)] = 0.0  # the numpy baseline would propagate NaN/Inf into its scale
+        cases = quant_cases(x)
+        copy_dst = np.empty_like(x)
+        cases["copyto f32"] = lambda: np.copyto(copy_dst, x)
+        best = {name: float("inf") for name in cases}
+        for i in range(repeat):
+            for name, fn in cases.items():
+                if name.startswith("numpy") and i >= 2:
+                    continue
+                best[name] = min(best[name], best_time(fn, 1))
+        return {name: n / t for name, t in best.items()}
+    finally:
+        _config.set_num_threads(saved)
+
+
+def format_quant_table(rates: dict, n: int, threads: int) -> str:
+    """The quantization table ``fp8fast bench`` prints."""
+    copy = rates["copyto f32"]
+    base = rates["numpy+ml_dtypes quantize"]
+    lines = [
+        f"\nquantization: N = {n} float32 elements, ISA {_config.get_isa()}, {threads} thread(s); "
+        "G elements/s, ratio to np.copyto float32 and to the numpy + ml_dtypes version",
+        f"{'operation':<26}{'G el/s':>8}{'vs copy':>9}{'vs numpy':>10}",
+    ]
+    for name, r in rates.items():
+        vs_numpy = f"{r / base:>9.1f}x" if name.startswith("quantize") else " " * 10
+        lines.append(f"{name:<26}{r / 1e9:>8.2f}{r / copy:>8.2f}x{vs_numpy}")
+    lines.append("(numpy+ml_dtypes quantize = np.abs(x).max(), divide, astype float8_e4m3fn)")
+    return "\n".join(lines)
+
+
+__all__ = ["CASES", "Case", "Row", "best_time", "format_quant_table", "format_table", "make_input",
+           "ml_dtypes_convert", "numpy_quantize", "quant_cases", "run", "run_quant"]

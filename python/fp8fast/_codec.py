@@ -196,7 +196,9 @@ def encode(
     Notes
     -----
     Works block-wise on dask arrays:
-    ``dask.array.map_blocks(fp8fast.to_e4m3, x, dtype=fp8fast.E4M3)``.
+    ``dask.array.map_blocks(fp8fast.to_e4m3, x, dtype=fp8fast.E4M3)``. With
+    ``rounding="stochastic"`` the element index restarts in every block, so give each block its
+    own seed (e.g. from ``block_info``) or the blocks draw the same random bits.
     """
     name = format_name(fmt)
     src = as_wide_array(x)

@@ -38,27 +38,13 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core
+from . import _codec, _core
 
 __all__ = ["quantize", "dequantize", "amax", "quant_error", "QuantError"]
 
-_FP8_DTYPES = {
-    "e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "e5m2": np.dtype(ml_dtypes.float8_e5m2),
-}
-_FORMAT_OF_DTYPE = {v: k for k, v in _FP8_DTYPES.items()}
-_FORMAT_ALIASES = {
-    "e4m3": "e4m3",
-    "e4m3fn": "e4m3",
-    "float8_e4m3fn": "e4m3",
-    "f8_e4m3": "e4m3",
-    "e5m2": "e5m2",
-    "float8_e5m2": "e5m2",
-    "f8_e5m2": "e5m2",
-}
+_FP8_DTYPES = _codec._FP8_DTYPES
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-_FLOAT_INPUTS = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16), _BF16)
 _OUTPUT_NAMES = {
     np.dtype(np.float32): "float32",
     np.dtype(np.float64): "float64",
@@ -66,53 +52,6 @@ _OUTPUT_NAMES = {
     _BF16: "bfloat16",
 }
 _GRANULARITIES = ("tensor", "channel", "block", "mx")
-
-
-def _format_name(fmt) -> str:
-    """Normalise a format given as a name or an ml_dtypes float8 dtype."""
-    if isinstance(fmt, str):
-        name = _FORMAT_ALIASES.get(fmt.lower())
-        if name is not None:
-            return name
-    else:
-        try:
-            dt = np.dtype(fmt)
-        except TypeError:
-            dt = None
-        if dt in _FORMAT_OF_DTYPE:
-            return _FORMAT_OF_DTYPE[dt]
-    raise ValueError(f'unknown FP8 format {fmt!r}: expected "e4m3" or "e5m2"')
-
-
-def _float_input(x) -> np.ndarray:
-    """``x`` as an array of a supported float dtype (array-likes become float64 like numpy)."""
-    a = np.asarray(x)
-    if a.dtype in _FLOAT_INPUTS:
-        return a
-    if a.dtype.kind in "iub" and not isinstance(x, np.ndarray):
-        return a.astype(np.float64)
-    raise TypeError(
-        f"cannot quantize {a.dtype}: expected float64, float32, float16 or bfloat16"
-    )
-
-
-def _codes(q, fmt) -> Tuple[np.ndarray, str]:
-    """FP8 input as ``(uint8 view, format name)``; the format comes from the dtype if possible."""
-    q = np.asarray(q)
-    if q.dtype in _FORMAT_OF_DTYPE:
-        inferred = _FORMAT_OF_DTYPE[q.dtype]
-        if fmt is not None and _format_name(fmt) != inferred:
-            raise ValueError(
-                f"q has dtype {q.dtype} but fmt={fmt!r} was given"
-            )
-        return q.view(np.uint8), inferred
-    if q.dtype == np.uint8:
-        if fmt is None:
-            raise ValueError("q is a uint8 array of codes: name its format with fmt=")
-        return q, _format_name(fmt)
-    raise TypeError(
-        f"expected float8_e4m3fn, float8_e5m2 or uint8 codes, got {q.dtype}"
-    )
 
 
 def _block(block) -> Tuple[int, int]:
@@ -215,9 +154,9 @@ def quantize(
     The input is read twice (one amax pass, one fused scale-and-encode pass), multi-threaded for
     large inputs; the result does not depend on the thread count or the ISA path.
     """
-    fmt = _format_name(fmt)
+    fmt = _codec.format_name(fmt)
     granularity = _check_granularity(granularity)
-    x = _float_input(x)
+    x = _codec.as_wide_array(x)
     br, bc = _block(block) if granularity == "block" else (1, 1)
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f'unknown rounding {rounding!r}: expected "nearest" or "stochastic"')
@@ -304,7 +243,7 @@ def dequantize(
     exact. E8M0 scales are ``2**(code - 127)``; the NaN code 0xFF gives NaN. A wrong scale shape
     or dtype raises ``ValueError`` naming the expected shape.
     """
-    q, fmt = _codes(q, fmt)
+    q, fmt = _codec.as_fp8_array(q, fmt, what="q")
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
@@ -429,7 +368,7 @@ def amax(
     -----
     The result is exact and independent of the thread count (a maximum is order-free).
     """
-    x = _float_input(x)
+    x = _codec.as_wide_array(x)
     nd = x.ndim
     if axis is None:
         axes = tuple(range(nd))
@@ -497,7 +436,7 @@ def quant_error(
     Computed in float64 with numpy's pairwise summation in a fixed order, so the result does
     not depend on the thread count.
     """
-    xf = np.asarray(_float_input(x), dtype=np.float64)
+    xf = np.asarray(_codec.as_wide_array(x), dtype=np.float64)
     x2 = dequantize(q, scale, dtype=np.float64, granularity=granularity, block=block, fmt=fmt)
     if xf.shape != x2.shape:
         raise ValueError(f"x has shape {xf.shape} but q has shape {x2.shape}")

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
-from . import _bench, _codec, _config
+from . import _bench, _codec, _config, _quant
 
 EPILOG = """\
 environment:
@@ -93,7 +93,51 @@ def _demo_codecs(rng: np.random.Generator) -> None:
           f"{t_ml / t_fast:.0f}x")
 
 
-DEMO_STEPS: list = [_demo_codecs]
+def _expand_scale(scale: np.ndarray, shape: tuple, granularity: str) -> np.ndarray:
+    """The per-element scale of a layout, built with numpy (an independent check of dequantize)."""
+    s = np.asarray(scale).astype(np.float32)
+    if granularity in ("tensor", "channel"):
+        return np.broadcast_to(s, shape)
+    if granularity == "block":
+        rows = np.repeat(s, 128, axis=0)[: shape[0]]
+        return np.repeat(rows, 128, axis=1)[:, : shape[1]]
+    return np.repeat(s, 32, axis=-1)[..., : shape[-1]]  # mx: 32 elements along the last axis
+
+
+def _sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    return float(10 * np.log10(np.sum(x * x) / max(np.sum((x - y) ** 2), 1e-300)))
+
+
+def _demo_quant(rng: np.random.Generator) -> None:
+    print("\n[5] scaled quantization of a weight whose rows differ in magnitude by 10^5")
+    w = rng.standard_normal((1000, 1000), dtype=np.float32)
+    w *= np.logspace(-4, 1, 1000, dtype=np.float32)[:, None]
+    print(f"  {'granularity':<12}{'scale shape':<13}{'SQNR dB':>8}{'SQNR of the 100 smallest rows':>31}")
+    small = {}
+    for gran in ("tensor", "channel", "block", "mx"):
+        q, scale = _quant.quantize(w, "e4m3", granularity=gran)
+        x2 = _quant.dequantize(q, scale)
+        small[gran] = _sqnr_db(w[:100], x2[:100])
+        print(f"  {gran:<12}{str(np.shape(scale)):<13}{_quant.quant_error(w, q, scale).sqnr_db:>8.1f}"
+              f"{small[gran]:>31.1f}")
+        full_scale = _expand_scale(scale, w.shape, gran)
+        ref = _codec.from_e4m3(q) * full_scale
+        _check(np.array_equal(x2, ref), f"{gran}: dequantize == decode(q) * scale (numpy)")
+        bound = np.abs(w) * 2.0**-4 + full_scale * 2.0**-10
+        if gran == "mx":  # OCP MX: magnitudes above 448 * scale saturate to it
+            bound = np.maximum(bound, np.abs(w) - 448 * full_scale)
+        _check(bool(np.all(np.abs(x2 - w) <= bound)), f"{gran}: every error within half an E4M3 step")
+    _check(small["channel"] > small["tensor"] + 10,
+           "per-channel scales keep the small rows (> 10 dB better than one scale)")
+    x = np.full(1 << 20, 1.0 + 1.0 / 3.0, np.float32)  # between 1.25 and 1.375: 2/3 of the way
+    draws = _codec.to_e4m3(x, rounding="stochastic", seed=7).astype(np.float64)
+    _check(set(np.unique(draws)) == {1.25, 1.375}, "stochastic rounding gives only the two neighbours")
+    sigma = 0.125 * np.sqrt((2 / 3) * (1 / 3) / x.size)
+    _check(abs(draws.mean() - (1 + 1 / 3)) < 5 * sigma, "stochastic rounding is unbiased (2^20 draws, 5 sigma)")
+
+
+DEMO_STEPS: list = [_demo_codecs, _demo_quant]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,8 +154,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Print the side-by-side conversion table."""
     threads = args.threads or _config.get_num_threads()
-    rows = _bench.run(n=args.n, repeat=args.repeat, threads=threads)
-    print(_bench.format_table(rows, args.n, threads))
+    if args.only in (None, "codecs"):
+        rows = _bench.run(n=args.n, repeat=args.repeat, threads=threads)
+        print(_bench.format_table(rows, args.n, threads))
+    if args.only in (None, "quant"):
+        print(_bench.format_quant_table(_bench.run_quant(args.n, args.repeat, 1), args.n, 1))
     return 0
 
 
@@ -156,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int, default=5, help="interleaved repetitions (default 5)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads of the multi-threaded column (default: all)")
+    p.add_argument("--only", choices=["codecs", "quant"], default=None,
+                   help="run one table only (default: all)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("config", help="show the version, the ISA paths and the thread count")
     p.set_defaults(func=cmd_config)
