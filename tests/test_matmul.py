@@ -1,7 +1,7 @@
 """fp8fast.matmul / linear against a float64 reference computed here from the decoded operands.
 
-Every test that runs kernels is parametrized over the ISA paths this CPU has (the `isa`
-fixture), so each microkernel (scalar, AVX2, AVX-512, AVX-512 BF16) and GEMV kernel is checked.
+Every test that runs kernels is parametrized over the ISA paths (the `isa` fixture of
+conftest.py; paths this CPU lacks are skipped), so each microkernel (scalar, AVX2, AVX-512, AVX-512 BF16) and GEMV kernel is checked.
 The accuracy contract: |c - ref| <= (k + 2) * 2**-23 * (|A| @ |B|) elementwise, where A and B
 are the scaled operands in float64.
 """
@@ -18,21 +18,6 @@ E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
 KINDS = {"e4m3": E4M3, "e5m2": E5M2, "f32": F32, "f16": F16, "bf16": BF16}
-
-
-@pytest.fixture(params=core.available_isas())
-def isa(request):
-    previous = core.get_isa()
-    core.set_isa(request.param)
-    yield request.param
-    core.set_isa(previous)
-
-
-@pytest.fixture
-def threads():
-    previous = core.get_num_threads()
-    yield core.set_num_threads
-    core.set_num_threads(previous)
 
 
 def rand(rng, shape, dtype, order="C"):
@@ -272,10 +257,10 @@ def test_thread_count_does_not_change_results(isa, threads, m, n, k):
     rng = np.random.default_rng(7)
     a, w = rand(rng, (m, k), F32 if m == 3 else E4M3), rand(rng, (n, k), E4M3)
     sb = (rng.random((1, n)) + 0.5).astype(np.float32)
-    threads(1)
+    core.set_num_threads(1)
     c1 = matmul(a, w.T, scale_b=sb)
     c1b = matmul(a, np.ascontiguousarray(w.T), scale_a=np.float32(0.5), block=64)
-    threads(2)
+    core.set_num_threads(2)
     c2 = matmul(a, w.T, scale_b=sb)
     c2b = matmul(a, np.ascontiguousarray(w.T), scale_a=np.float32(0.5), block=64)
     np.testing.assert_array_equal(c1.view(np.uint32), c2.view(np.uint32))

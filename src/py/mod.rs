@@ -9,6 +9,7 @@ use crate::error::Error;
 mod codec;
 mod config;
 mod gemm;
+mod quant;
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -32,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     config::register(m)?;
     codec::register(m)?;
     gemm::register(m)?;
+    quant::register(m)?;
     Ok(())
 }
