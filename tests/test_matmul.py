@@ -153,7 +153,9 @@ def scale_cases(m, n, k, block):
 
 
 @pytest.mark.parametrize("layout", list(scale_cases(1, 1, 1, 1)))
-@pytest.mark.parametrize("m,n,k,block", [(40, 70, 300, 128), (5, 100, 200, 32), (130, 33, 129, 64)])
+@pytest.mark.parametrize(
+    "m,n,k,block", [(40, 70, 300, 128), (5, 100, 200, 32), (130, 33, 129, 64), (20, 40, 100, 33)]
+)
 def test_scale_layouts(isa, layout, m, n, k, block):
     rng = np.random.default_rng(hash(layout) % 1000 + m)
     a = rand(rng, (m, k), E4M3)

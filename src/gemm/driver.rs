@@ -8,13 +8,26 @@ use super::pack::{self, PackBuf, Src};
 use super::{kernels, CPtr, Elems, KernelChoice, Mat, ScalePlan};
 use crate::threads;
 
-/// A microkernel: `C[MR x NR] = (first ? 0 : C) + (A_panel @ B_panel) * sb[col] * sa[row]`.
+/// The K loop of one microkernel call: `nblk` consecutive blocks of `steps` K steps each (K
+/// pairs for bfloat16 pair panels). Block `t` is summed on its own and added to C scaled by
+/// its MR row scales `sa + t * sa_stride` and NR column scales `sb + t * sb_stride`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KLoop {
+    pub steps: usize,
+    pub nblk: usize,
+    pub sa_stride: usize,
+    pub sb_stride: usize,
+}
+
+/// A microkernel: for each block `t` of the [`KLoop`],
+/// `C[MR x NR] = (first && t == 0 ? 0 : C) + (A_t @ B_t) * sb_t[col] * sa_t[row]`.
 ///
-/// Arguments: `kc` (K steps, or K pairs for bfloat16 pair panels), the packed A and B
-/// micro-panels, C (row stride `ldc`, unit column stride), `first`, and the MR row scales and
-/// NR column scales.
+/// Arguments: the K loop, the packed A and B micro-panels, C (row stride `ldc`, unit column
+/// stride), `first`, and the row and column scales of block 0. Once C has been touched by the
+/// first block it stays in L1, so scales that change every K block (DeepSeek-V3 layouts) cost
+/// one L1 round trip of the tile per block, not a pass over C in memory.
 pub(crate) type KernelFn<E> =
-    unsafe fn(usize, *const E, *const E, *mut f32, isize, bool, *const f32, *const f32);
+    unsafe fn(KLoop, *const E, *const E, *mut f32, isize, bool, *const f32, *const f32);
 
 /// A microkernel with its register block (MR x NR) and cache blocking (KC, MC, NC).
 pub(crate) struct Micro<E> {
@@ -72,6 +85,9 @@ impl Elems {
     }
 }
 
+/// Largest MR * NR of any kernel.
+const MAX_TILE: usize = 16 * 32;
+
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -128,9 +144,22 @@ unsafe fn run<E: PackElem>(
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let (mr, nr) = (mk.mr, mk.nr);
-    // K blocks: one per scale block when a scale changes along K, so that each block's sum is
-    // scaled on its own; otherwise the cache-sized KC.
-    let kc_step = if plan.along_k() { plan.block } else { mk.kc };
+    // K chunks of about KC. When a scale changes along K, a chunk is a whole number of scale
+    // blocks, each summed and scaled on its own inside the kernel (one block per chunk if
+    // the block is odd and panels hold K pairs, so that blocks start on a pair).
+    let (kc_step, blk_len) = if plan.along_k() {
+        let bl = plan.block;
+        let per = if E::PAIRS && bl % 2 == 1 {
+            1
+        } else {
+            (mk.kc / bl).max(1)
+        };
+        (per * bl, bl)
+    } else {
+        (mk.kc, mk.kc)
+    };
+    let blocks_per_chunk = kc_step / blk_len;
+    let steps = |len: usize| if E::PAIRS { len.div_ceil(2) } else { len };
     let nthreads = threads::num_threads();
     let parallel = nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS;
     // Row blocks: at most MC rows, a multiple of MR, and a multiple of the thread count of them
@@ -144,23 +173,71 @@ unsafe fn run<E: PackElem>(
     let mblocks = m.div_ceil(mc);
     let nc = mk.nc;
 
-    let mut sa = vec![1.0f32; m.div_ceil(mr) * mr];
-    let mut sb = vec![1.0f32; nc.min(n).div_ceil(nr) * nr];
+    // Scales of every block of a chunk: block t at `t * m_pad` / `t * n_pad`.
+    let (m_pad, n_pad) = (m.div_ceil(mr) * mr, nc.min(n).div_ceil(nr) * nr);
+    let mut sa = vec![1.0f32; m_pad * blocks_per_chunk];
+    let mut sb = vec![1.0f32; n_pad * blocks_per_chunk];
     let mut b_pack = PackBuf::default();
 
     for j0 in (0..n).step_by(nc) {
         let ncur = nc.min(n - j0);
         let npanels = ncur.div_ceil(nr);
-        for (kb, k0) in (0..k).step_by(kc_step).enumerate() {
+        for k0 in (0..k).step_by(kc_step) {
             let kcur = kc_step.min(k - k0);
             let first = k0 == 0;
-            // Packed K length (pairs are padded to even) and the kernel's K argument.
-            let (klen, kargs) = if E::PAIRS {
-                (kcur.div_ceil(2) * 2, kcur.div_ceil(2))
-            } else {
-                (kcur, kcur)
+            // Packed K length (pairs are padded to even).
+            let klen = if E::PAIRS { kcur.div_ceil(2) * 2 } else { kcur };
+            // Whole blocks, then a shorter last block at the end of K.
+            let (nfull, rem) = (kcur / blk_len, kcur % blk_len);
+            for t in 0..nfull + usize::from(rem > 0) {
+                let kb = k0 / plan.block + t;
+                let (sa_t, sb_t) = (&mut sa[t * m_pad..], &mut sb[t * n_pad..]);
+                plan.fill(kb, 0, &mut sa_t[..m], j0, &mut sb_t[..ncur]);
+            }
+            let full = KLoop {
+                steps: steps(blk_len),
+                nblk: nfull,
+                sa_stride: m_pad,
+                sb_stride: n_pad,
             };
-            plan.fill(kb, 0, &mut sa[..m], j0, &mut sb[..ncur]);
+            let last = KLoop {
+                steps: steps(rem),
+                nblk: 1,
+                sa_stride: m_pad,
+                sb_stride: n_pad,
+            };
+            // Offset of the last block in a packed micro-panel of width w (a whole number of
+            // pairs: blocks are even whenever a chunk holds more than one).
+            let rem_off = |w: usize| nfull * blk_len * w;
+            // Both kernel calls of one tile into C at `cp` (or a local tile).
+            let tile_calls = |app: *const E,
+                              bpp: *const E,
+                              cp: *mut f32,
+                              ld: isize,
+                              first: bool,
+                              sap: *const f32,
+                              sbp: *const f32| {
+                // SAFETY: the panels hold klen K steps of MR / NR elements, the scale vectors
+                // hold the blocks' MR / NR entries at these offsets, C (or the local tile)
+                // holds MR x NR floats with row stride `ld` (checked by the callers).
+                unsafe {
+                    if nfull > 0 {
+                        (mk.func)(full, app, bpp, cp, ld, first, sap, sbp);
+                    }
+                    if rem > 0 {
+                        (mk.func)(
+                            last,
+                            app.add(rem_off(mr)),
+                            bpp.add(rem_off(nr)),
+                            cp,
+                            ld,
+                            first && nfull == 0,
+                            sap.add(nfull * m_pad),
+                            sbp.add(nfull * n_pad),
+                        );
+                    }
+                }
+            };
             let panel_len = klen * nr;
             let bp = E::buf(&mut b_pack, npanels * panel_len);
             let b_src = |q: usize| Src {
@@ -220,70 +297,37 @@ unsafe fn run<E: PackElem>(
                             let sbp = sb[jj..].as_ptr();
                             let cp = c.at(i0 + ii, j0 + jj, ldc);
                             if mrc == mr && nrc == nr {
-                                // SAFETY: full MR x NR tile inside C; the panels hold
-                                // kargs steps; sa/sb hold MR / NR entries from these offsets.
-                                unsafe { (mk.func)(kargs, app, bpp, cp, ldc, first, sap, sbp) };
+                                // A full MR x NR tile inside C.
+                                tile_calls(app, bpp, cp, ldc, first, sap, sbp);
                             } else {
-                                // SAFETY: as above, edge tiles go through a local MR x NR tile.
-                                unsafe {
-                                    edge_tile(
-                                        mk, kargs, app, bpp, cp, ldc, first, sap, sbp, mrc, nrc,
-                                    )
-                                };
+                                // Edge tiles go through a local MR x NR tile, of which the
+                                // valid mrc x nrc part is merged into C.
+                                let mut tile = [0.0f32; MAX_TILE];
+                                tile_calls(
+                                    app,
+                                    bpp,
+                                    tile.as_mut_ptr(),
+                                    nr as isize,
+                                    true,
+                                    sap,
+                                    sbp,
+                                );
+                                for i in 0..mrc {
+                                    for j in 0..nrc {
+                                        let t = tile[i * nr + j];
+                                        // SAFETY: (i, j) is inside the valid part of the tile.
+                                        unsafe {
+                                            let d = cp.offset(i as isize * ldc + j as isize);
+                                            *d = if first { t } else { *d + t };
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
                 });
             };
             for_each_index(mblocks * nsplit, parallel, item);
-        }
-    }
-}
-
-/// Largest MR * NR of any kernel.
-const MAX_TILE: usize = 16 * 32;
-
-/// An edge tile: the kernel writes a full local tile, of which `mrc x nrc` is merged into C.
-///
-/// # Safety
-/// As the kernel call in [`run`], with only `mrc x nrc` of C valid.
-#[allow(clippy::too_many_arguments)]
-unsafe fn edge_tile<E: PackElem>(
-    mk: &Micro<E>,
-    kargs: usize,
-    ap: *const E,
-    bp: *const E,
-    cp: *mut f32,
-    ldc: isize,
-    first: bool,
-    sa: *const f32,
-    sb: *const f32,
-    mrc: usize,
-    nrc: usize,
-) {
-    let mut tile = [0.0f32; MAX_TILE];
-    debug_assert!(mk.mr * mk.nr <= MAX_TILE);
-    // SAFETY: `tile` holds MR x NR floats with row stride NR; the panels are as in `run`.
-    unsafe {
-        (mk.func)(
-            kargs,
-            ap,
-            bp,
-            tile.as_mut_ptr(),
-            mk.nr as isize,
-            true,
-            sa,
-            sb,
-        )
-    };
-    for i in 0..mrc {
-        for j in 0..nrc {
-            let t = tile[i * mk.nr + j];
-            // SAFETY: (i, j) is inside the valid part of the C tile.
-            unsafe {
-                let d = cp.offset(i as isize * ldc + j as isize);
-                *d = if first { t } else { *d + t };
-            }
         }
     }
 }

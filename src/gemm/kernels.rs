@@ -5,7 +5,7 @@
 //! (once to float64, then to float32), which keeps each step within one float32 rounding
 //! error plus 2^-53 relative, inside the `(k + 2) * 2^-23` bound.
 
-use super::driver::Micro;
+use super::driver::{KLoop, Micro};
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -21,10 +21,42 @@ pub(crate) static SCALAR: Micro<f32> = Micro {
 };
 
 /// # Safety
-/// `a` holds `kc * MR` floats, `b` holds `kc * NR`, `sa` MR and `sb` NR; C is an MR x NR tile
-/// with row stride `ldc`.
+/// `a` holds `steps * nblk * MR` floats, `b` `steps * nblk * NR`, `sa` / `sb` MR / NR floats
+/// at each block's offset; C is an MR x NR tile with row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_4x8(
+    kl: KLoop,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    for t in 0..kl.nblk {
+        // SAFETY: block t of the K loop, as the caller guarantees.
+        unsafe {
+            block_4x8(
+                kl.steps,
+                a.add(t * kl.steps * MR),
+                b.add(t * kl.steps * NR),
+                c,
+                ldc,
+                first && t == 0,
+                sa.add(t * kl.sa_stride),
+                sb.add(t * kl.sb_stride),
+            )
+        };
+    }
+}
+
+/// One K block of [`kernel_4x8`].
+///
+/// # Safety
+/// As [`kernel_4x8`] for a single block of `kc` steps.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_4x8(
     kc: usize,
     a: *const f32,
     b: *const f32,

@@ -24,7 +24,7 @@
 #[allow(clippy::wildcard_imports)]
 use std::arch::x86_64::*;
 
-use super::driver::Micro;
+use super::driver::{KLoop, Micro};
 
 /// AVX2 + FMA float32 kernel family.
 pub(crate) static AVX2_F32: Micro<f32> = Micro {
@@ -57,12 +57,12 @@ pub(crate) static AVX512_BF16: Micro<u16> = Micro {
 };
 
 /// # Safety
-/// AVX2 + FMA available; `a` holds `kc * 6` floats, `b` `kc * 16`, `sa` 6, `sb` 16; C is a
-/// 6 x 16 tile with row stride `ldc`.
+/// AVX2 + FMA available; `a` holds `steps * nblk * 6` floats, `b` `steps * nblk * 16`, `sa` /
+/// `sb` 6 / 16 floats at each block's offset; C is a 6 x 16 tile with row stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx2_f32_6x16(
-    kc: usize,
+    kl: KLoop,
     a: *const f32,
     b: *const f32,
     c: *mut f32,
@@ -75,35 +75,38 @@ unsafe fn avx2_f32_6x16(
     // SAFETY: every pointer access stays within the lengths the caller guarantees.
     unsafe {
         prefetch_c(c, ldc, MR, first);
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_set1_ps(*a.add(i));
-                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        for t in 0..kl.nblk {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for _ in 0..kl.steps {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_set1_ps(*a.add(i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(16);
             }
-            a = a.add(MR);
-            b = b.add(16);
-        }
-        let s0 = _mm256_loadu_ps(sb);
-        let s1 = _mm256_loadu_ps(sb.add(8));
-        for (i, row) in acc.iter().enumerate() {
-            let si = _mm256_set1_ps(*sa.add(i));
-            let cp = c.offset(i as isize * ldc);
-            let t0 = _mm256_mul_ps(row[0], s0);
-            let t1 = _mm256_mul_ps(row[1], s1);
-            if first {
-                _mm256_storeu_ps(cp, _mm256_mul_ps(t0, si));
-                _mm256_storeu_ps(cp.add(8), _mm256_mul_ps(t1, si));
-            } else {
-                _mm256_storeu_ps(cp, _mm256_fmadd_ps(t0, si, _mm256_loadu_ps(cp)));
-                _mm256_storeu_ps(
-                    cp.add(8),
-                    _mm256_fmadd_ps(t1, si, _mm256_loadu_ps(cp.add(8))),
-                );
+            let (sa, sb) = (sa.add(t * kl.sa_stride), sb.add(t * kl.sb_stride));
+            let s0 = _mm256_loadu_ps(sb);
+            let s1 = _mm256_loadu_ps(sb.add(8));
+            for (i, row) in acc.iter().enumerate() {
+                let si = _mm256_set1_ps(*sa.add(i));
+                let cp = c.offset(i as isize * ldc);
+                let t0 = _mm256_mul_ps(row[0], s0);
+                let t1 = _mm256_mul_ps(row[1], s1);
+                if first && t == 0 {
+                    _mm256_storeu_ps(cp, _mm256_mul_ps(t0, si));
+                    _mm256_storeu_ps(cp.add(8), _mm256_mul_ps(t1, si));
+                } else {
+                    _mm256_storeu_ps(cp, _mm256_fmadd_ps(t0, si, _mm256_loadu_ps(cp)));
+                    _mm256_storeu_ps(
+                        cp.add(8),
+                        _mm256_fmadd_ps(t1, si, _mm256_loadu_ps(cp.add(8))),
+                    );
+                }
             }
         }
     }
@@ -161,12 +164,12 @@ unsafe fn store_14x32(
 }
 
 /// # Safety
-/// AVX-512 F available; `a` holds `kc * 14` floats, `b` `kc * 32`, `sa` 14, `sb` 32; C is a
-/// 14 x 32 tile with row stride `ldc`.
+/// AVX-512 F available; `a` holds `steps * nblk * 14` floats, `b` `steps * nblk * 32`, `sa` /
+/// `sb` 14 / 32 floats at each block's offset; C is a 14 x 32 tile with row stride `ldc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx512_f32_14x32(
-    kc: usize,
+    kl: KLoop,
     a: *const f32,
     b: *const f32,
     c: *mut f32,
@@ -179,30 +182,34 @@ unsafe fn avx512_f32_14x32(
     // SAFETY: every pointer access stays within the lengths the caller guarantees.
     unsafe {
         prefetch_c(c, ldc, MR, first);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i));
-                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        for t in 0..kl.nblk {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for _ in 0..kl.steps {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.add(i));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(32);
             }
-            a = a.add(MR);
-            b = b.add(32);
+            let (sa, sb) = (sa.add(t * kl.sa_stride), sb.add(t * kl.sb_stride));
+            store_14x32(&acc, c, ldc, first && t == 0, sa, sb);
         }
-        store_14x32(&acc, c, ldc, first, sa, sb);
     }
 }
 
 /// # Safety
-/// AVX-512 F + BF16 available; `a` holds `kp * 14` bfloat16 pairs, `b` `kp * 32` pairs, `sa`
-/// 14 floats, `sb` 32; C is a 14 x 32 tile with row stride `ldc`.
+/// AVX-512 F + BF16 available; `a` holds `steps * nblk * 14` bfloat16 pairs, `b`
+/// `steps * nblk * 32` pairs, `sa` / `sb` 14 / 32 floats at each block's offset; C is a
+/// 14 x 32 tile with row stride `ldc`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx512_bf16_14x32(
-    kp: usize,
+    kl: KLoop,
     a: *const u16,
     b: *const u16,
     c: *mut f32,
@@ -217,21 +224,24 @@ unsafe fn avx512_bf16_14x32(
     // bit pattern valid).
     unsafe {
         prefetch_c(c, ldc, MR, first);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let mut a = a.cast::<i32>();
         let mut b = b.cast::<i32>();
-        for _ in 0..kp {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i)));
-                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
-                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+        for t in 0..kl.nblk {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for _ in 0..kl.steps {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i)));
+                    row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                    row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+                }
+                a = a.add(MR);
+                b = b.add(32);
             }
-            a = a.add(MR);
-            b = b.add(32);
+            let (sa, sb) = (sa.add(t * kl.sa_stride), sb.add(t * kl.sb_stride));
+            store_14x32(&acc, c, ldc, first && t == 0, sa, sb);
         }
-        store_14x32(&acc, c, ldc, first, sa, sb);
     }
 }
 
