@@ -8,14 +8,14 @@
 //!
 //! ```text
 //! for j0 in (0..n).step_by(NC)                     // B block of NC columns (L3)
-//!   for k0 in (0..k).step_by(KC)                   // KC = block when scales vary along K
+//!   for k0 in (0..k).step_by(KC)                   // whole scale blocks if scales vary along K
 //!     pack B[k0.., j0..] into NR-wide panels       // FP8 decoded here, zero-padded edges
 //!     parallel for (i0, column range) items        // threads over M and N, never over K
 //!       pack A[i0.., k0..] into MR-tall panels     // thread-local buffer (L2)
 //!       for each NR panel of B in the range        // B micro-panel stays in L1
 //!         for each MR panel of A                   // A streamed from L2
-//!           microkernel: MR x NR tile += A panel @ B panel, then
-//!           C = (k0 == 0 ? 0 : C) + tile * scale_b[col] * scale_a[row]
+//!           microkernel, per scale block t of the K block (one if no scale varies along K):
+//!             tile = A_t @ B_t (registers); C = (first ? 0 : C) + tile * sb_t[col] * sa_t[row]
 //! ```
 //!
 //! Every output tile is computed by the same sequence of operations whatever the thread count
