@@ -91,7 +91,7 @@ def test_identity_exact(isa, dtype, m, k):
     eye = np.eye(k, dtype=np.float32).astype(dtype)
     want = a.astype(np.float32)
     np.testing.assert_array_equal(matmul(a, eye), want)  # GEMM path (b row-major)
-    np.testing.assert_array_equal(matmul(a, np.asfortranarray(eye)), want)  # GEMV for m <= 8
+    np.testing.assert_array_equal(matmul(a, np.asfortranarray(eye)), want)  # GEMV path (m <= 32)
 
 
 # Register blocks MR x NR: scalar 4 x 8, AVX2 6 x 16, AVX-512 (f32 and bf16) 14 x 32.
@@ -115,7 +115,8 @@ def test_shapes_e4m3(isa, m, n, k):
 
 @pytest.mark.parametrize("ka", list(KINDS))
 @pytest.mark.parametrize("kb", list(KINDS))
-@pytest.mark.parametrize("m,n,k", [(37, 45, 300), (3, 70, 130)])
+# (GEMV path: m <= 32 with FP8 activations, m <= 128 with wider ones; blocked GEMM above.)
+@pytest.mark.parametrize("m,n,k", [(37, 45, 300), (3, 70, 130), (150, 40, 200)])
 def test_dtype_combinations(isa, ka, kb, m, n, k):
     rng = np.random.default_rng(len(ka) * 31 + len(kb) + m)
     a = rand(rng, (m, k), KINDS[ka])
@@ -350,7 +351,7 @@ def test_errors():
         linear(np.zeros(4, np.float32), np.zeros(4, E4M3))
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 20])
 def test_nan_e4m3_weights_gemv(isa, m):
     # E4M3 weights as w.T (the GEMV path): NaN codes after clean 64-byte blocks, in the first
     # block, and in the tail; only their columns become NaN.

@@ -125,7 +125,7 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
     Notes
     -----
     NaN and infinity propagate to the outputs whose row and column they touch, and nowhere
-    else. ``m <= 8`` rows times FP8 weights stored along K (``w.T``) take a GEMV path that
+    else. Up to 32 rows times FP8 weights stored along K (``w.T``) take a GEMV path that
     streams the FP8 bytes (4x fewer than float32).
 
     Examples
@@ -210,7 +210,7 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
 
     A thin convenience over :func:`matmul` for checkpoint layouts (compressed-tensors,
     DeepSeek-V3 / FineGrainedFP8): ``w`` is used through the transposed view ``w.T``
-    (no copy), which takes the GEMV path for up to 8 rows of ``x``.
+    (no copy), which takes the GEMV path for up to 32 rows of ``x``.
 
     Parameters
     ----------

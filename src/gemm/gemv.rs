@@ -1,4 +1,4 @@
-//! The GEMV path: `m <= GEMV_MAX_M` rows times FP8 weights stored along K (`b = w.T` of an
+//! The GEMV path: `m <= GEMV_MAX_M` (32) rows times FP8 weights stored along K (`b = w.T` of an
 //! `[out, in]` weight, so column `j` of `b` is the contiguous row `w[j]`).
 //!
 //! Each output is a dot product of an activation row with a weight row. The activation rows
@@ -6,7 +6,9 @@
 //! streamed from memory exactly once, as bytes. Unlike the GEMM microkernel, these kernels
 //! decode FP8 in registers: this path is bound by memory bandwidth (one multiply-add per
 //! weight byte per row), so a few extra instructions per 16 bytes are free, while packing the
-//! weights first would write and re-read 4x the bytes the path exists to avoid.
+//! weights first would write and re-read 4x the bytes the path exists to avoid. Up to 32 rows
+//! this beats packing: rows go in groups of 8 over 64-column slices of the weights that stay
+//! in L2 between groups.
 //!
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
@@ -40,6 +42,9 @@ type DotFn = unsafe fn(usize, *const f32, usize, usize, *const u8, isize, usize,
 
 /// Columns per work item.
 const COLS_PER_ITEM: usize = 64;
+
+/// Activation rows per kernel pass (the kernels' register blocking).
+const ROW_GROUP: usize = 8;
 
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with `b.rs == 1` (or `k == 1`), `a.rows <= GEMV_MAX_M`.
@@ -81,7 +86,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     let item = |it: usize| {
         let j0 = it * COLS_PER_ITEM;
         let ncols = COLS_PER_ITEM.min(n - j0);
-        let mut part = [0.0f32; super::GEMV_MAX_M * COLS_PER_ITEM];
+        let mut part = [0.0f32; ROW_GROUP * COLS_PER_ITEM];
         let mut sa = [1.0f32; super::GEMV_MAX_M];
         let mut sb = [1.0f32; COLS_PER_ITEM];
         for (kb, k0) in (0..k).step_by(seg).enumerate() {
@@ -91,29 +96,35 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
                 Elems::Fp8(p, _) => p.wrapping_offset(j0 as isize * b.cs + k0 as isize),
                 _ => unreachable!("checked above"),
             };
-            // SAFETY: columns j0..j0+ncols of B, rows k0..k0+klen, are inside B (contiguous
-            // along K); x rows hold k floats; `part` holds m * ncols floats; the kernel for
-            // `isa` was selected from an available ISA.
-            unsafe {
-                dot(
-                    klen,
-                    x[k0..].as_ptr(),
-                    k,
-                    m,
-                    w,
-                    b.cs,
-                    ncols,
-                    weights,
-                    part.as_mut_ptr(),
-                )
-            };
-            for i in 0..m {
-                for j in 0..ncols {
-                    let t = part[i * ncols + j] * sb[j];
-                    // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
-                    unsafe {
-                        let d = c.at(i, j0 + j, ldc);
-                        *d = if k0 == 0 { t * sa[i] } else { *d + t * sa[i] };
+            // Rows in groups of 8: the item's weight columns (COLS_PER_ITEM x k bytes) come
+            // from memory for the first group and from L2 for the others.
+            for g0 in (0..m).step_by(ROW_GROUP) {
+                let rows = ROW_GROUP.min(m - g0);
+                // SAFETY: columns j0..j0+ncols of B, rows k0..k0+klen, are inside B
+                // (contiguous along K); x rows hold k floats; `part` holds rows * ncols
+                // floats; the kernel for `isa` was selected from an available ISA.
+                unsafe {
+                    dot(
+                        klen,
+                        x[g0 * k + k0..].as_ptr(),
+                        k,
+                        rows,
+                        w,
+                        b.cs,
+                        ncols,
+                        weights,
+                        part.as_mut_ptr(),
+                    )
+                };
+                for r in 0..rows {
+                    let i = g0 + r;
+                    for j in 0..ncols {
+                        let t = part[r * ncols + j] * sb[j];
+                        // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
+                        unsafe {
+                            let d = c.at(i, j0 + j, ldc);
+                            *d = if k0 == 0 { t * sa[i] } else { *d + t * sa[i] };
+                        }
                     }
                 }
             }

@@ -321,8 +321,15 @@ pub(crate) fn kernel_choice(isa: Isa, a_fp8: bool, b_fp8: bool) -> KernelChoice 
     }
 }
 
-/// Largest `m` that takes the GEMV path.
-pub const GEMV_MAX_M: usize = 8;
+/// Largest `m` that takes the GEMV path (FP8 weights stored along K) with float32 / float16 /
+/// bfloat16 activations. Measured on Zen 4 with 4096 x 4096 E4M3 weights: the GEMV path (rows
+/// in groups of 8, the weights re-read from L2) beats packing the weights into float32 panels
+/// for the blocked GEMM up to about this size.
+pub const GEMV_MAX_M: usize = 128;
+
+/// The same bound for FP8 activations, where the blocked GEMM runs the (twice as fast)
+/// bfloat16 kernel on AVX-512 BF16 CPUs.
+pub const GEMV_MAX_M_FP8: usize = 32;
 
 /// `out = (a * scale_a) @ (b * scale_b)` with `numpy.matmul` shapes: `a` is `(..., m, k)`,
 /// `b` is `(..., k, n)`, the batch dimensions broadcast, `out` is `(batch..., m, n)`.
@@ -521,7 +528,12 @@ unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: 
         }
         return;
     }
-    if m <= GEMV_MAX_M && b.is_fp8() && (b.rs == 1 || k == 1) {
+    let gemv_max = if a.is_fp8() {
+        GEMV_MAX_M_FP8
+    } else {
+        GEMV_MAX_M
+    };
+    if m <= gemv_max && b.is_fp8() && (b.rs == 1 || k == 1) {
         // SAFETY: forwarded from the caller.
         unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
         return;

@@ -16,6 +16,23 @@ use half::{bf16, f16};
 use super::Elems;
 use crate::scalar::tables;
 
+/// Bytes per cache line.
+const LINE: usize = 64;
+/// How far ahead (bytes) a source line is prefetched while packing along K.
+const AHEAD: usize = 4 * LINE;
+
+/// Ask for the cache line at `p` (never faults).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address; SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// 64-byte aligned storage for packed panels (one cache line, one zmm register).
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
@@ -110,17 +127,22 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
         unsafe {
             if ks == 1 {
                 // Contiguous along K (A row-major, B = w.T): the two codes of a pair are
-                // adjacent bytes. Walk K outermost so the `wn` lines are read as parallel
-                // sequential streams (prefetch-friendly) and the panel is written in order.
+                // adjacent bytes. Walk K in steps of one source cache line: each of the `wn`
+                // lines is read whole (and the next ones prefetched), and the panel slice
+                // written meanwhile (LINE x panel values) stays in L1.
                 let out32 = d.add(qbase).cast::<u32>();
                 let base = ptr.offset(w0 as isize * ws);
-                for pp in 0..full_pairs {
-                    let row = out32.add(pp * panel);
+                for pp0 in (0..full_pairs).step_by(LINE / 2) {
+                    let pp1 = (pp0 + LINE / 2).min(full_pairs);
                     for w in 0..wn {
-                        let bytes = base.offset(w as isize * ws).add(2 * pp);
-                        let lo = u32::from(t[usize::from(*bytes)].to_bits());
-                        let hi = u32::from(t[usize::from(*bytes.add(1))].to_bits());
-                        row.add(w).write_unaligned(lo | hi << 16);
+                        let line = base.offset(w as isize * ws);
+                        prefetch(line.wrapping_add(2 * pp0 + AHEAD));
+                        for pp in pp0..pp1 {
+                            let bytes = line.add(2 * pp);
+                            let lo = u32::from(t[usize::from(*bytes)].to_bits());
+                            let hi = u32::from(t[usize::from(*bytes.add(1))].to_bits());
+                            out32.add(pp * panel + w).write_unaligned(lo | hi << 16);
+                        }
                     }
                 }
                 if kp > full_pairs {
@@ -219,13 +241,19 @@ unsafe fn pack_typed<S: Copy>(
         // stay below `(q + 1) * kc * panel <= dst.len()`.
         unsafe {
             if ks == 1 {
-                // Contiguous along K: walk K outermost so the `wn` lines are read as parallel
-                // sequential streams (prefetch-friendly) and the panel is written in order.
+                // Contiguous along K: walk K in steps of one source cache line; each of the
+                // `wn` lines is read whole (and the next ones prefetched), and the panel slice
+                // written meanwhile stays in L1.
                 let base = ptr.offset(w0 as isize * ws);
-                for p in 0..kc {
-                    let row = out.add(p * panel);
+                let step = LINE / std::mem::size_of::<S>();
+                for p0 in (0..kc).step_by(step) {
+                    let p1 = (p0 + step).min(kc);
                     for w in 0..wn {
-                        *row.add(w) = conv(*base.offset(w as isize * ws).add(p));
+                        let line = base.offset(w as isize * ws);
+                        prefetch(line.wrapping_add(p0).cast::<u8>().wrapping_add(AHEAD));
+                        for p in p0..p1 {
+                            *out.add(p * panel + w) = conv(*line.add(p));
+                        }
                     }
                 }
             } else if ks.unsigned_abs() < ws.unsigned_abs() {
