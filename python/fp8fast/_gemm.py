@@ -5,18 +5,13 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from . import _core
+from . import _codec, _core
 
 __all__ = ["matmul", "linear"]
 
-_FP8_DTYPES = {
-    np.dtype(ml_dtypes.float8_e4m3fn): "e4m3",
-    np.dtype(ml_dtypes.float8_e5m2): "e5m2",
-}
-_WIDE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_FP8_DTYPES = {dt: name for name, dt in _codec._FP8_DTYPES.items()}
+_WIDE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), _codec.BFLOAT16)
 _OUT_DTYPES = _WIDE_DTYPES
-_FMT_NAMES = {"e4m3": "e4m3", "e4m3fn": "e4m3", "float8_e4m3fn": "e4m3", "e5m2": "e5m2",
-              "float8_e5m2": "e5m2"}
 
 
 def _operand(x, fmt, name):
@@ -25,7 +20,7 @@ def _operand(x, fmt, name):
     dt = x.dtype
     if dt in _FP8_DTYPES:
         own = _FP8_DTYPES[dt]
-        if fmt is not None and _FMT_NAMES.get(str(fmt).lower()) != own:
+        if fmt is not None and _codec.format_name(fmt) != own:
             raise ValueError(f"fmt_{name}={fmt!r} contradicts the dtype {dt} of {name}")
         return x.view(np.uint8), own
     if dt == np.uint8:
@@ -34,10 +29,7 @@ def _operand(x, fmt, name):
                 f"{name} is a uint8 array (shape {x.shape}): name its FP8 format with "
                 f"fmt_{name}='e4m3' or 'e5m2'"
             )
-        canon = _FMT_NAMES.get(str(fmt).lower())
-        if canon is None:
-            raise ValueError(f"unknown FP8 format fmt_{name}={fmt!r}: expected 'e4m3' or 'e5m2'")
-        return x, canon
+        return x, _codec.format_name(fmt)
     if dt in _WIDE_DTYPES:
         if fmt is not None:
             raise ValueError(f"fmt_{name}={fmt!r} given but {name} has dtype {dt}, not FP8 bits")

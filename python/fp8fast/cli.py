@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
-from . import _bench, _codec, _config, _quant
+from . import _bench, _codec, _config, _gemm, _quant
 
 EPILOG = """\
 environment:
@@ -137,7 +137,35 @@ def _demo_quant(rng: np.random.Generator) -> None:
     _check(abs(draws.mean() - (1 + 1 / 3)) < 5 * sigma, "stochastic rounding is unbiased (2^20 draws, 5 sigma)")
 
 
-DEMO_STEPS: list = [_demo_codecs, _demo_quant]
+def _demo_gemm(rng: np.random.Generator) -> None:
+    print("\n[6] FP8 matrix multiplication (float32 accumulation) against a float64 reference")
+    k = 1024
+    a = rng.standard_normal((512, k), dtype=np.float32)
+    b = rng.standard_normal((k, 768), dtype=np.float32)
+    qa, sa = _quant.quantize(a, "e4m3", granularity="channel", axis=0)   # per row of a
+    qb, sb = _quant.quantize(b, "e4m3", granularity="channel", axis=1)   # per column of b
+    c = _gemm.matmul(qa, qb, scale_a=sa, scale_b=sb)
+    da = _codec.from_e4m3(qa, np.float64) * sa
+    db = _codec.from_e4m3(qb, np.float64) * sb
+    ref = da @ db
+    bound = (k + 2) * 2.0**-23 * (np.abs(da) @ np.abs(db))
+    _check(bool(np.all(np.abs(c - ref) <= bound)),
+           f"E4M3 x E4M3 {a.shape} @ {b.shape} with per-row / per-column scales within the float32 bound")
+    w, ws = qb.T, sb.reshape(-1, 1)  # the same weights as an [out, in] Linear layer
+    x = rng.standard_normal((4, k), dtype=np.float32)
+    y = _gemm.linear(x, w, ws)
+    ref = x.astype(np.float64) @ (_codec.from_e4m3(w, np.float64) * ws).T
+    bound = (k + 2) * 2.0**-23 * (np.abs(x.astype(np.float64)) @ np.abs(_codec.from_e4m3(w, np.float64) * ws).T)
+    _check(bool(np.all(np.abs(y - ref) <= bound)), "linear(x, w_fp8, w_scale): float32 activations x E4M3 weights")
+    t_fast = _bench.best_time(lambda: _gemm.matmul(qa, qb, scale_a=sa, scale_b=sb), 3)
+    a32, b32 = da.astype(np.float32), db.astype(np.float32)
+    t_np = _bench.best_time(lambda: a32 @ b32, 3)
+    flops = 2 * a.shape[0] * k * b.shape[1]
+    print(f"  fp8fast {flops / t_fast / 1e9:.0f} GFLOP/s on {_config.get_isa()} "
+          f"({_config.get_num_threads()} threads); numpy float32 matmul {flops / t_np / 1e9:.0f} GFLOP/s")
+
+
+DEMO_STEPS: list = [_demo_codecs, _demo_quant, _demo_gemm]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
