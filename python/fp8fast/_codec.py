@@ -139,7 +139,8 @@ def _unaliased(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     return src.copy() if np.may_share_memory(src, out) else src
 
 
-def _resolve_seed(seed: Optional[int]) -> int:
+def resolve_seed(seed: Optional[int]) -> int:
+    """A stochastic-rounding seed as an unsigned 64-bit int (modulo 2**64); fresh when None."""
     if seed is None:
         return int.from_bytes(os.urandom(8), "little")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
@@ -208,7 +209,7 @@ def encode(
     if rounding == "nearest":
         _core.encode_into(src, codes, name, bool(saturate))
     elif rounding == "stochastic":
-        _core.encode_stochastic_into(src, codes, name, bool(saturate), _resolve_seed(seed))
+        _core.encode_stochastic_into(src, codes, name, bool(saturate), resolve_seed(seed))
     else:
         raise ValueError(f"unknown rounding {rounding!r}: expected 'nearest' or 'stochastic'")
     return result

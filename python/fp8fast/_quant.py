@@ -32,7 +32,6 @@ for any thread count, ISA path, memory layout or strides.
 from __future__ import annotations
 
 import math
-import secrets
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
@@ -161,12 +160,7 @@ def quantize(
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f'unknown rounding {rounding!r}: expected "nearest" or "stochastic"')
     if rounding == "stochastic":
-        if seed is None:
-            seed = secrets.randbits(64)
-        elif isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
-        # Same convention as fp8fast.encode: the seed is taken modulo 2**64.
-        seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
+        seed = _codec.resolve_seed(seed)  # as fp8fast.encode: modulo 2**64, fresh when None
     if granularity == "channel":
         if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"axis must be an integer, got {axis!r}")
