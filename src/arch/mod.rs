@@ -13,6 +13,7 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 use crate::format::Format;
 
+pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -180,13 +181,13 @@ pub struct CodecKernels {
     pub decode_bf16: fn(&[u8], &mut [bf16], Format),
 }
 
-/// The portable kernels.
+/// The portable kernels: integer-only encoders and table decoders.
 pub static SCALAR_CODEC: CodecKernels = CodecKernels {
     isa: Isa::Scalar,
-    encode_f32: crate::scalar::slices::encode_f32,
-    encode_f64: crate::scalar::slices::encode_f64,
-    encode_f16: crate::scalar::slices::encode_f16,
-    encode_bf16: crate::scalar::slices::encode_bf16,
+    encode_f32: portable::encode_f32,
+    encode_f64: portable::encode_f64,
+    encode_f16: portable::encode_f16,
+    encode_bf16: portable::encode_bf16,
     decode_f32: crate::scalar::slices::decode_f32,
     decode_f64: crate::scalar::slices::decode_f64,
     decode_f16: crate::scalar::slices::decode_f16,

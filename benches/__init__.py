@@ -1,0 +1,1 @@
+"""asv benchmarks of fp8fast (run: see README, "Benchmarks")."""

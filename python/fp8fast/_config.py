@@ -1,0 +1,59 @@
+"""Run-time configuration: the instruction-set path and the thread count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+
+__all__ = ["available_isas", "get_isa", "get_num_threads", "set_isa", "set_num_threads", "show_config"]
+
+
+def show_config(file: Any = None) -> dict:
+    """Print (and return) the version, the active ISA path, the available ones and the threads.
+
+    ``FP8FAST_ISA`` forces a path at import, ``FP8FAST_NUM_THREADS`` the thread count.
+    """
+    cfg = dict(_core.config())
+    lines = [
+        f"fp8fast {cfg['version']}",
+        f"  isa:            {cfg['isa']}",
+        f"  available isas: {', '.join(cfg['available_isas'])}",
+        f"  threads:        {cfg['num_threads']}",
+        f"  target arch:    {cfg['target_arch']}",
+    ]
+    print("\n".join(lines), file=file)
+    return cfg
+
+
+def set_isa(name: str) -> None:
+    """Force an instruction-set path for every later call.
+
+    Parameters
+    ----------
+    name : {"scalar", "avx2", "avx512", "avx512bf16"}
+        Must be one of :func:`available_isas`; ``ValueError`` otherwise.
+    """
+    _core.set_isa(name)
+
+
+def get_isa() -> str:
+    """The active instruction-set path."""
+    return _core.get_isa()
+
+
+def available_isas() -> list:
+    """The paths this CPU can run, least capable first."""
+    return list(_core.available_isas())
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n >= 1`` threads for large operations (results never depend on it)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"number of threads must be an int, not {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads large operations use."""
+    return _core.get_num_threads()

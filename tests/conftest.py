@@ -1,0 +1,32 @@
+"""Shared fixtures: run a test on every instruction-set path, and restore global settings."""
+
+import pytest
+
+import fp8fast
+from fp8fast import _core
+
+ALL_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request):
+    """Force each ISA path in turn; a path this CPU lacks is skipped with the reason."""
+    name = request.param
+    if name not in _core.available_isas():
+        pytest.skip(f"ISA {name} not available on this CPU (available: {_core.available_isas()})")
+    saved = _core.get_isa()
+    _core.set_isa(name)
+    try:
+        yield name
+    finally:
+        _core.set_isa(saved)
+
+
+@pytest.fixture
+def threads():
+    """Restore the thread count after a test that changes it."""
+    saved = fp8fast.get_num_threads()
+    try:
+        yield
+    finally:
+        fp8fast.set_num_threads(saved)
