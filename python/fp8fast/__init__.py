@@ -23,6 +23,7 @@ from ._codec import (
     to_e4m3,
     to_e5m2,
 )
+from ._checkpoint import load_file, safe_open, save_file
 from ._config import (
     available_isas,
     get_isa,
@@ -45,6 +46,9 @@ __all__ = [
     "from_e5m2",
     "get_isa",
     "get_num_threads",
+    "load_file",
+    "safe_open",
+    "save_file",
     "set_isa",
     "set_num_threads",
     "show_config",

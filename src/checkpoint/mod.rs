@@ -448,9 +448,10 @@ pub fn dequantize_file(
         if fmt_of(t.dtype).is_some() {
             if find_scale(&files, &t.name).is_none() {
                 return Err(Error::value(format!(
-                    "{}: FP8 tensor {:?} has no scale ({0}_scale or {0}_scale_inv) in this checkpoint",
+                    "{}: FP8 tensor {:?} has no scale ({name}_scale or {name}_scale_inv) in this checkpoint",
                     src.display(),
-                    t.name
+                    t.name,
+                    name = t.name
                 )));
             }
             plan.push(OutTensor::new(t.name.clone(), out.dtype(), t.shape.clone()));
