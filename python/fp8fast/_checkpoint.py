@@ -198,7 +198,7 @@ def save_file(
         key = _NAMES.get(dt) or _NAMES.get(dt.newbyteorder("="))
         if key is None:
             raise TypeError(f"tensor {name!r}: dtype {dt} has no safetensors equivalent")
-        a = np.ascontiguousarray(a, dtype=DTYPES[key])
+        a = np.asarray(a, dtype=DTYPES[key], order="C")  # (ascontiguousarray would make 0-d 1-d)
         rows.append((name, key, list(a.shape), a.reshape(-1).view(np.uint8)))
     _core.write_file(os.fspath(path), rows, metadata, True)
 
