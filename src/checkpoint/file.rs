@@ -84,7 +84,7 @@ pub fn parse_dtype(name: &str) -> Result<Dtype> {
 /// Bytes per element; `None` for the sub-byte dtypes (F4, F6_*).
 pub fn dtype_size(d: Dtype) -> Option<usize> {
     let bits = d.bitsize();
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
 }
 
 fn value_err(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -95,7 +95,8 @@ impl SafetensorsFile {
     /// Open `path` and validate its whole header against the file size.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -128,7 +129,8 @@ impl SafetensorsFile {
         let mut header = vec![0u8; header_len as usize];
         read_exact_at(&file, &mut header, PREFIX_LEN, path)?;
         let data_len = file_len - PREFIX_LEN - header_len;
-        let (tensors, metadata) = parse_header(&header, data_len).map_err(|m| value_err(path, m))?;
+        let (tensors, metadata) =
+            parse_header(&header, data_len).map_err(|m| value_err(path, m))?;
         let tensors: Vec<TensorEntry> = tensors
             .into_iter()
             .map(|mut t| {
@@ -185,7 +187,7 @@ impl SafetensorsFile {
 
     /// Read `buf.len()` bytes of tensor `t` starting `offset` bytes into it.
     pub fn read_tensor_part(&self, t: &TensorEntry, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset
+        offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= t.nbytes())
             .ok_or_else(|| {
@@ -194,7 +196,6 @@ impl SafetensorsFile {
                     format!("read past the end of tensor {:?}", t.name),
                 )
             })?;
-        let _ = end;
         read_exact_at(&self.file, buf, t.start + offset, &self.path).map_err(|e| match e {
             Error::Io { source, .. } => Error::io(
                 format!(
@@ -357,7 +358,9 @@ fn diagnose(text: &str, crate_msg: &str) -> String {
             return format!("tensor {name:?}: shape {shape:?} x {dtype} overflows");
         };
         if bits % 8 != 0 {
-            return format!("tensor {name:?}: {bits} bits of {dtype} is not a whole number of bytes");
+            return format!(
+                "tensor {name:?}: {bits} bits of {dtype} is not a whole number of bytes"
+            );
         }
         if bits / 8 != end - begin {
             return format!(
@@ -430,7 +433,14 @@ pub(crate) mod tests {
     fn empty_header_and_empty_tensors_are_valid() {
         assert!(open_bytes(&image("{}", &[])).unwrap().tensors().is_empty());
         let h = r#"{"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}}"#;
-        assert_eq!(open_bytes(&image(h, &[])).unwrap().get("e").unwrap().numel(), 0);
+        assert_eq!(
+            open_bytes(&image(h, &[]))
+                .unwrap()
+                .get("e")
+                .unwrap()
+                .numel(),
+            0
+        );
     }
 
     #[test]
@@ -440,16 +450,25 @@ pub(crate) mod tests {
             (vec![1, 2, 3], "shorter than the 8-byte"),
             (image("{}", &[])[..6].to_vec(), "shorter than the 8-byte"),
             ((1u64 << 63).to_le_bytes().to_vec(), "exceeds the 100 MB"),
-            (50u64.to_le_bytes().iter().chain(b"{}").copied().collect(), "runs past the end"),
+            (
+                50u64.to_le_bytes().iter().chain(b"{}").copied().collect(),
+                "runs past the end",
+            ),
             (image("[1, 2]", &[]), "not a JSON object"),
             (image("{not json", &[]), "not valid JSON"),
             (image("\u{0}\u{1}", &[]), "not a JSON object"),
             (
-                image(r#"{"x":{"dtype":"F7","shape":[1],"data_offsets":[0,1]}}"#, &[0]),
+                image(
+                    r#"{"x":{"dtype":"F7","shape":[1],"data_offsets":[0,1]}}"#,
+                    &[0],
+                ),
                 "tensor \"x\": unknown dtype \"F7\"",
             ),
             (
-                image(r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]),
+                image(
+                    r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                    &[0; 8],
+                ),
                 "tensor \"x\": shape [3] of F32 needs 12 bytes",
             ),
             (
@@ -460,11 +479,17 @@ pub(crate) mod tests {
                 "tensor \"x\": shape [4294967296, 4294967296, 16] x F32 overflows",
             ),
             (
-                image(r#"{"x":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#, &[0; 4]),
+                image(
+                    r#"{"x":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#,
+                    &[0; 4],
+                ),
                 "tensor \"x\" ends at data offset 8 but the file has only 4",
             ),
             (
-                image(r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#, &[0; 6]),
+                image(
+                    r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#,
+                    &[0; 6],
+                ),
                 "2 unexplained bytes",
             ),
             (
@@ -482,15 +507,27 @@ pub(crate) mod tests {
                 "tensor \"y\": data_offsets [6, 8] leave a hole",
             ),
             (
-                image(r#"{"x":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#, &[0]),
+                image(
+                    r#"{"x":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
+                    &[0],
+                ),
                 "tensor \"x\": \"shape\" must be a list",
             ),
             (
-                image(r#"{"x":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}}"#, &[0]),
+                image(
+                    r#"{"x":{"dtype":"U8","shape":[1],"data_offsets":[1,0]}}"#,
+                    &[0],
+                ),
                 "end before they begin",
             ),
-            (image(r#"{"x":3}"#, &[]), "tensor \"x\": entry is not an object"),
-            (image(r#"{"__metadata__":{"a":1}}"#, &[]), "__metadata__ must be an object of strings"),
+            (
+                image(r#"{"x":3}"#, &[]),
+                "tensor \"x\": entry is not an object",
+            ),
+            (
+                image(r#"{"__metadata__":{"a":1}}"#, &[]),
+                "__metadata__ must be an object of strings",
+            ),
         ];
         for (bytes, want) in cases {
             let msg = err_of(&bytes);

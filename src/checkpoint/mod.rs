@@ -131,7 +131,7 @@ fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
 /// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
 fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> Result<Vec<T>> {
     let size = std::mem::size_of::<T>() as u64;
-    if t.nbytes() % size != 0 {
+    if !t.nbytes().is_multiple_of(size) {
         return Err(Error::value(format!(
             "{}: tensor {:?} has {} bytes, not a multiple of {size}",
             f.path().display(),
@@ -144,7 +144,12 @@ fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> 
     Ok(v)
 }
 
-fn copy_tensor(f: &SafetensorsFile, t: &TensorEntry, w: &mut SafetensorsWriter, buf: &mut Vec<u8>) -> Result<()> {
+fn copy_tensor(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    w: &mut SafetensorsWriter,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     let mut off = 0u64;
     while off < t.nbytes() {
         let n = (t.nbytes() - off).min(COPY_CHUNK as u64) as usize;
@@ -180,7 +185,9 @@ pub fn quantize_file(
     progress: ProgressFn<'_>,
 ) -> Result<Summary> {
     if opts.granularity == Granularity::Mx {
-        return Err(Error::value("MX granularity is not supported for checkpoints yet"));
+        return Err(Error::value(
+            "MX granularity is not supported for checkpoints yet",
+        ));
     }
     if opts.layout == Layout::Fp8Block && !matches!(opts.granularity, Granularity::Block(..)) {
         return Err(Error::value(
@@ -194,7 +201,10 @@ pub fn quantize_file(
     let mut summary = Summary::default();
     for name in &targets {
         if f.get(name).is_none() {
-            return Err(Error::value(format!("{}: no tensor {name:?} to quantize", src.display())));
+            return Err(Error::value(format!(
+                "{}: no tensor {name:?} to quantize",
+                src.display()
+            )));
         }
     }
     for t in f.tensors() {
@@ -216,7 +226,11 @@ pub fn quantize_file(
                     scale_name
                 )));
             }
-            plan.push(OutTensor::new(t.name.clone(), fp8_dtype(opts.format), t.shape.clone()));
+            plan.push(OutTensor::new(
+                t.name.clone(),
+                fp8_dtype(opts.format),
+                t.shape.clone(),
+            ));
             plan.push(OutTensor::new(
                 scale_name,
                 Dtype::F32,
@@ -320,7 +334,10 @@ fn read_scales(s: &ScaleRef<'_>) -> Result<Vec<f64>> {
         Dtype::F64 => read_as::<f64>(f, t)?,
         Dtype::BF16 => read_as::<bf16>(f, t)?.into_iter().map(f64::from).collect(),
         Dtype::F16 => read_as::<f16>(f, t)?.into_iter().map(f64::from).collect(),
-        Dtype::F8_E8M0 => read_as::<u8>(f, t)?.into_iter().map(scaled::e8m0_value).collect(),
+        Dtype::F8_E8M0 => read_as::<u8>(f, t)?
+            .into_iter()
+            .map(scaled::e8m0_value)
+            .collect(),
         other => {
             return Err(Error::type_error(format!(
                 "{}: scale tensor {:?} has dtype {other}; expected F32, BF16, F16, F64 or F8_E8M0",
@@ -383,11 +400,11 @@ fn dequantize_entry<O: scaled::Target>(
         [] => (1, 1),
         _ => {
             return Err(Error::value(format!(
-                "{}: FP8 tensor {:?} has shape {:?}; only 0-, 1- and 2-D tensors can be dequantized",
-                f.path().display(),
-                t.name,
-                t.shape
-            )))
+            "{}: FP8 tensor {:?} has shape {:?}; only 0-, 1- and 2-D tensors can be dequantized",
+            f.path().display(),
+            t.name,
+            t.shape
+        )))
         }
     };
     let g = infer_granularity(&t.name, rows, cols, scale.entry, block)
@@ -407,7 +424,10 @@ fn is_dropped(files: &[SafetensorsFile], name: &str) -> bool {
             .iter()
             .any(|f| f.get(n).is_some_and(|t| fmt_of(t.dtype).is_some()))
     };
-    if let Some(stem) = name.strip_suffix("_scale_inv").or_else(|| name.strip_suffix("_scale")) {
+    if let Some(stem) = name
+        .strip_suffix("_scale_inv")
+        .or_else(|| name.strip_suffix("_scale"))
+    {
         if is_fp8(stem) {
             return true;
         }
@@ -480,9 +500,15 @@ pub fn dequantize_file(
             if fmt_of(t.dtype).is_some() {
                 let scale = find_scale(&files, &t.name).expect("checked while planning");
                 match out {
-                    OutDtype::BF16 => w.write(bytemuck::cast_slice(&dequantize_entry::<bf16>(f, t, &scale, block)?.0))?,
-                    OutDtype::F16 => w.write(bytemuck::cast_slice(&dequantize_entry::<f16>(f, t, &scale, block)?.0))?,
-                    OutDtype::F32 => w.write(bytemuck::cast_slice(&dequantize_entry::<f32>(f, t, &scale, block)?.0))?,
+                    OutDtype::BF16 => w.write(bytemuck::cast_slice(
+                        &dequantize_entry::<bf16>(f, t, &scale, block)?.0,
+                    ))?,
+                    OutDtype::F16 => w.write(bytemuck::cast_slice(
+                        &dequantize_entry::<f16>(f, t, &scale, block)?.0,
+                    ))?,
+                    OutDtype::F32 => w.write(bytemuck::cast_slice(
+                        &dequantize_entry::<f32>(f, t, &scale, block)?.0,
+                    ))?,
                 }
                 summary.converted.push(t.name.clone());
             } else {
@@ -520,11 +546,26 @@ fn read_f32(
 ) -> Result<Option<(Vec<f32>, Option<String>)>> {
     Ok(Some(match t.dtype {
         Dtype::F32 => (read_as::<f32>(f, t)?, None),
-        Dtype::BF16 => (read_as::<bf16>(f, t)?.into_iter().map(f32::from).collect(), None),
-        Dtype::F16 => (read_as::<f16>(f, t)?.into_iter().map(f32::from).collect(), None),
-        Dtype::F64 => (read_as::<f64>(f, t)?.into_iter().map(|v| v as f32).collect(), None),
+        Dtype::BF16 => (
+            read_as::<bf16>(f, t)?.into_iter().map(f32::from).collect(),
+            None,
+        ),
+        Dtype::F16 => (
+            read_as::<f16>(f, t)?.into_iter().map(f32::from).collect(),
+            None,
+        ),
+        Dtype::F64 => (
+            read_as::<f64>(f, t)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            None,
+        ),
         Dtype::F8_E8M0 => (
-            read_as::<u8>(f, t)?.into_iter().map(|c| scaled::e8m0_value(c) as f32).collect(),
+            read_as::<u8>(f, t)?
+                .into_iter()
+                .map(|c| scaled::e8m0_value(c) as f32)
+                .collect(),
             None,
         ),
         Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
@@ -577,7 +618,10 @@ pub fn tensor_report(
     );
     if let Some(src) = source {
         let st = src.get(name).ok_or_else(|| {
-            Error::value(format!("{}: source has no tensor {name:?}", src.path().display()))
+            Error::value(format!(
+                "{}: source has no tensor {name:?}",
+                src.path().display()
+            ))
         })?;
         if st.shape != t.shape {
             return Err(Error::value(format!(

@@ -142,10 +142,18 @@ fn scale_from_amax(amax: f32, fmt: Format) -> f32 {
 }
 
 /// The per-group scales of a `(rows, cols)` weight (dequantization multipliers, float32).
-pub fn compute_scales<T: Source>(x: &[T], rows: usize, cols: usize, fmt: Format, g: Granularity) -> Result<Vec<f32>> {
+pub fn compute_scales<T: Source>(
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    fmt: Format,
+    g: Granularity,
+) -> Result<Vec<f32>> {
     g.check()?;
     if g == Granularity::Mx {
-        return Err(Error::value("MX quantization of checkpoints is not supported yet"));
+        return Err(Error::value(
+            "MX quantization of checkpoints is not supported yet",
+        ));
     }
     check_dims(x.len(), rows, cols)?;
     let amax: Vec<f32> = match g {
@@ -365,7 +373,9 @@ pub fn dequantize_weight<O: Target>(
                         let end = g.run_end(c, cols);
                         let si = g.scale_index(r, c, cols);
                         let t: &[O; 256] = if g == Granularity::Mx {
-                            mx_tables[mx_code(scales[si])].as_deref().expect("tabulated above")
+                            mx_tables[mx_code(scales[si])]
+                                .as_deref()
+                                .expect("tabulated above")
                         } else {
                             if cached.as_ref().is_none_or(|(k, _)| *k != si) {
                                 cached = Some((si, table::<O>(fmt, scales[si])));
@@ -428,14 +438,22 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 8.0
             })
             .collect()
     }
 
     /// A float64 reference written independently: group amax, scale, scalar encode of x/scale.
-    fn reference(x: &[f32], rows: usize, cols: usize, fmt: Format, g: Granularity) -> (Vec<u8>, Vec<f32>) {
+    fn reference(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        fmt: Format,
+        g: Granularity,
+    ) -> (Vec<u8>, Vec<f32>) {
         let shape = g.scale_shape(rows, cols);
         let n: usize = shape.iter().product();
         let mut amax = vec![0f32; n];
@@ -450,7 +468,13 @@ mod tests {
         }
         let scales: Vec<f32> = amax
             .iter()
-            .map(|&a| if a == 0.0 { 1.0 } else { a / fmt.max_normal() as f32 })
+            .map(|&a| {
+                if a == 0.0 {
+                    1.0
+                } else {
+                    a / fmt.max_normal() as f32
+                }
+            })
             .collect();
         let codes = (0..rows * cols)
             .map(|k| {
@@ -471,7 +495,12 @@ mod tests {
         x[5] = f32::NAN;
         x[700] = f32::INFINITY;
         for fmt in Format::ALL {
-            for g in [Granularity::Tensor, Granularity::Channel, Granularity::Block(128, 128), Granularity::Block(7, 33)] {
+            for g in [
+                Granularity::Tensor,
+                Granularity::Channel,
+                Granularity::Block(128, 128),
+                Granularity::Block(7, 33),
+            ] {
                 for threads in [1, 2] {
                     threads::set_num_threads(threads).unwrap();
                     let (q, s) = quantize_weight(&x, rows, cols, fmt, g).unwrap();
@@ -486,19 +515,29 @@ mod tests {
         let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
         let xw: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
         let (q, s) = quantize_weight(&xb, rows, cols, Format::E4M3, Granularity::Channel).unwrap();
-        assert_eq!((q, s), reference(&xw, rows, cols, Format::E4M3, Granularity::Channel));
+        assert_eq!(
+            (q, s),
+            reference(&xw, rows, cols, Format::E4M3, Granularity::Channel)
+        );
     }
 
     #[test]
     fn dequantize_is_decode_times_scale_rounded_once() {
         let (rows, cols) = (67, 100);
         let codes: Vec<u8> = (0..rows * cols).map(|k| (k * 37 % 256) as u8).collect();
-        for g in [Granularity::Tensor, Granularity::Channel, Granularity::Block(16, 32), Granularity::Mx] {
+        for g in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Block(16, 32),
+            Granularity::Mx,
+        ] {
             let n: usize = g.scale_shape(rows, cols).iter().product();
             let scales: Vec<f64> = if g == Granularity::Mx {
                 (0..n).map(|i| e8m0_value((100 + i % 60) as u8)).collect()
             } else {
-                (0..n).map(|i| f64::from(0.013f32 * (i + 1) as f32)).collect()
+                (0..n)
+                    .map(|i| f64::from(0.013f32 * (i + 1) as f32))
+                    .collect()
             };
             for fmt in Format::ALL {
                 let mut o32 = vec![0f32; rows * cols];
@@ -506,20 +545,30 @@ mod tests {
                 let mut o16 = vec![bf16::ZERO; rows * cols];
                 dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut o16).unwrap();
                 for k in 0..rows * cols {
-                    let p = scalar::decode_f64(codes[k], fmt) * scales[g.scale_index(k / cols, k % cols, cols)];
+                    let p = scalar::decode_f64(codes[k], fmt)
+                        * scales[g.scale_index(k / cols, k % cols, cols)];
                     let want = p as f32;
-                    assert!(o32[k] == want || (want.is_nan() && o32[k].is_nan()), "{g:?} {k}");
+                    assert!(
+                        o32[k] == want || (want.is_nan() && o32[k].is_nan()),
+                        "{g:?} {k}"
+                    );
                     // bf16 reference: nearest of the two bf16 neighbours of p, ties to even.
                     if p.is_finite() {
                         let lo = bf16::from_bits(bf16::from_f64(p).to_bits());
-                        let cands = [lo, bf16::from_bits(lo.to_bits().wrapping_add(1)), bf16::from_bits(lo.to_bits().wrapping_sub(1))];
+                        let cands = [
+                            lo,
+                            bf16::from_bits(lo.to_bits().wrapping_add(1)),
+                            bf16::from_bits(lo.to_bits().wrapping_sub(1)),
+                        ];
                         let best = cands
                             .iter()
                             .filter(|c| c.is_finite())
                             .min_by(|a, b| {
                                 let da = (a.to_f64() - p).abs();
                                 let db = (b.to_f64() - p).abs();
-                                da.partial_cmp(&db).unwrap().then((a.to_bits() & 1).cmp(&(b.to_bits() & 1)))
+                                da.partial_cmp(&db)
+                                    .unwrap()
+                                    .then((a.to_bits() & 1).cmp(&(b.to_bits() & 1)))
                             })
                             .unwrap();
                         assert_eq!(o16[k].to_f64(), best.to_f64(), "{g:?} {k} p={p}");
@@ -543,6 +592,15 @@ mod tests {
         assert!(quantize_weight(&[1f32; 6], 4, 2, Format::E4M3, Granularity::Tensor).is_err());
         assert!(quantize_weight(&[1f32; 6], 3, 2, Format::E4M3, Granularity::Block(0, 2)).is_err());
         let mut o = [0f32; 6];
-        assert!(dequantize_weight(&[0u8; 6], 3, 2, Format::E4M3, &[1.0; 2], Granularity::Tensor, &mut o).is_err());
+        assert!(dequantize_weight(
+            &[0u8; 6],
+            3,
+            2,
+            Format::E4M3,
+            &[1.0; 2],
+            Granularity::Tensor,
+            &mut o
+        )
+        .is_err());
     }
 }

@@ -14,7 +14,11 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5) * 0.2)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0
+                - 0.5)
+                * 0.2
+        })
         .collect()
 }
 
@@ -34,9 +38,16 @@ fn write_model(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .collect();
     let mut w = SafetensorsWriter::create(path, plan, None, false).unwrap();
     for (k, (n, s)) in specs.iter().enumerate() {
-        let v: Vec<bf16> = values(s.iter().product(), k as u32).into_iter().map(bf16::from_f32).collect();
+        let v: Vec<bf16> = values(s.iter().product(), k as u32)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
         w.write(bytemuck::cast_slice(&v)).unwrap();
-        out.push((n.to_string(), s.clone(), v.iter().map(|x| x.to_f32()).collect()));
+        out.push((
+            n.to_string(),
+            s.clone(),
+            v.iter().map(|x| x.to_f32()).collect(),
+        ));
     }
     w.finish().unwrap();
     out
@@ -61,7 +72,11 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
         (Layout::Fp8Block, Granularity::Block(128, 128), "_scale_inv"),
     ] {
         let q = d.join("q.safetensors");
-        let opts = QuantizeOptions { format: Format::E4M3, granularity: g, layout };
+        let opts = QuantizeOptions {
+            format: Format::E4M3,
+            granularity: g,
+            layout,
+        };
         let s = quantize_file(&src, &q, &targets, opts, None, false, &mut noop).unwrap();
         assert_eq!(s.converted.len(), 2);
         let f = SafetensorsFile::open(&q).unwrap();
@@ -116,8 +131,14 @@ fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
     let d = tmpdir("ds");
     let p = d.join("ds.safetensors");
     let (rows, cols) = (200, 300);
-    let codes: Vec<u8> = (0..rows * cols).map(|k| ((k * 131 + 7) % 256) as u8).filter(|_| true).collect();
-    let codes: Vec<u8> = codes.into_iter().map(|c| if c & 0x7F == 0x7F { 0x3C } else { c }).collect();
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|k| ((k * 131 + 7) % 256) as u8)
+        .filter(|_| true)
+        .collect();
+    let codes: Vec<u8> = codes
+        .into_iter()
+        .map(|c| if c & 0x7F == 0x7F { 0x3C } else { c })
+        .collect();
     let sshape = [2usize, 3];
     let scales: Vec<f32> = (0..6).map(|i| 0.001 * (i as f32 + 1.5)).collect();
     let plan = vec![
@@ -129,12 +150,23 @@ fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
     w.write(bytemuck::cast_slice(&scales)).unwrap();
     w.finish().unwrap();
     let out = d.join("o.safetensors");
-    dequantize_file(&p, &out, OutDtype::F32, &[], Some((128, 128)), None, false, &mut noop).unwrap();
+    dequantize_file(
+        &p,
+        &out,
+        OutDtype::F32,
+        &[],
+        Some((128, 128)),
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap();
     let f = SafetensorsFile::open(&out).unwrap();
     let y = read_as::<f32>(&f, f.get("l.weight").unwrap()).unwrap();
     for r in 0..rows {
         for c in 0..cols {
-            let want = scalar::decode_f64(codes[r * cols + c], Format::E4M3) * f64::from(scales[(r / 128) * 3 + c / 128]);
+            let want = scalar::decode_f64(codes[r * cols + c], Format::E4M3)
+                * f64::from(scales[(r / 128) * 3 + c / 128]);
             assert_eq!(y[r * cols + c], want as f32);
         }
     }
@@ -149,7 +181,17 @@ fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
     w.write(&[0u8; 36]).unwrap();
     w.finish().unwrap();
     let dst = d.join("never.safetensors");
-    let e = dequantize_file(&bad, &dst, OutDtype::BF16, &[], None, None, false, &mut noop).unwrap_err();
+    let e = dequantize_file(
+        &bad,
+        &dst,
+        OutDtype::BF16,
+        &[],
+        None,
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("l.weight_scale_inv"), "{e}");
     assert!(!dst.exists());
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 3);
@@ -161,11 +203,24 @@ fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
     let d = tmpdir("refuse");
     let src = d.join("m.safetensors");
     write_model(&src);
-    let opts = QuantizeOptions { format: Format::E4M3, granularity: Granularity::Channel, layout: Layout::CompressedTensors };
+    let opts = QuantizeOptions {
+        format: Format::E4M3,
+        granularity: Granularity::Channel,
+        layout: Layout::CompressedTensors,
+    };
     let e = quantize_file(&src, &src, &[], opts, None, true, &mut noop).unwrap_err();
     assert!(e.to_string().contains("is the source"), "{e}");
     let q = d.join("q.safetensors");
-    let e = quantize_file(&src, &q, &["model.norm.weight".into()], opts, None, false, &mut noop).unwrap_err();
+    let e = quantize_file(
+        &src,
+        &q,
+        &["model.norm.weight".into()],
+        opts,
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("only 2-D"), "{e}");
     let e = quantize_file(&src, &q, &["nope".into()], opts, None, false, &mut noop).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
@@ -173,7 +228,11 @@ fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
     let mut calls = 0;
     let mut cb = |_: Progress| {
         calls += 1;
-        if calls > 2 { Err(Error::value("interrupted")) } else { Ok(()) }
+        if calls > 2 {
+            Err(Error::value("interrupted"))
+        } else {
+            Ok(())
+        }
     };
     assert!(quantize_file(&src, &q, &[], opts, None, false, &mut cb).is_err());
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);

@@ -75,14 +75,22 @@ impl AtomicFile {
         drop(file);
         std::fs::rename(&self.temp, &self.dest).map_err(|e| {
             Error::io(
-                format!("cannot rename {} to {}", self.temp.display(), self.dest.display()),
+                format!(
+                    "cannot rename {} to {}",
+                    self.temp.display(),
+                    self.dest.display()
+                ),
                 e,
             )
         })?;
         // Make the rename itself durable; not every platform can open a directory, and a
         // failure here does not make the file wrong, so it is not an error.
         if let Some(dir) = self.dest.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
@@ -127,7 +135,12 @@ impl OutTensor {
             .shape
             .iter()
             .try_fold(self.dtype.bitsize() as u64, |a, &d| a.checked_mul(d as u64))
-            .ok_or_else(|| Error::value(format!("tensor {:?}: shape {:?} overflows", self.name, self.shape)))?;
+            .ok_or_else(|| {
+                Error::value(format!(
+                    "tensor {:?}: shape {:?} overflows",
+                    self.name, self.shape
+                ))
+            })?;
         if bits % 8 != 0 {
             return Err(Error::value(format!(
                 "tensor {:?}: {} elements of {} are not a whole number of bytes",
@@ -161,9 +174,8 @@ pub fn header_bytes(
         let end = offset
             .checked_add(n)
             .ok_or_else(|| Error::value("total tensor size overflows"))?;
-        let to_usize = |v: u64| {
-            usize::try_from(v).map_err(|_| Error::value("total tensor size overflows"))
-        };
+        let to_usize =
+            |v: u64| usize::try_from(v).map_err(|_| Error::value("total tensor size overflows"));
         infos.push((
             t.name.clone(),
             TensorInfo {
@@ -211,7 +223,9 @@ impl SafetensorsWriter {
         overwrite: bool,
     ) -> Result<Self> {
         if cfg!(target_endian = "big") {
-            return Err(Error::value("safetensors files are little-endian; this platform is not"));
+            return Err(Error::value(
+                "safetensors files are little-endian; this platform is not",
+            ));
         }
         let (header, sizes) = header_bytes(&tensors, metadata)?;
         let mut atomic = AtomicFile::create(dest, overwrite)?;
@@ -221,7 +235,8 @@ impl SafetensorsWriter {
             .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let io = |e| Error::io(format!("cannot write {}", dest.display()), e);
-        out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
         out.write_all(&header).map_err(io)?;
         let mut w = SafetensorsWriter {
             atomic,
@@ -269,7 +284,11 @@ impl SafetensorsWriter {
         }
         self.out.write_all(bytes).map_err(|e| {
             Error::io(
-                format!("cannot write tensor {:?} to {}", t.name, self.atomic.dest().display()),
+                format!(
+                    "cannot write tensor {:?} to {}",
+                    t.name,
+                    self.atomic.dest().display()
+                ),
                 e,
             )
         })?;
@@ -352,12 +371,20 @@ mod tests {
             .unwrap();
             w.write(&[1, 2]).unwrap();
         }
-        let w = SafetensorsWriter::create(&p, vec![OutTensor::new("w", Dtype::U8, vec![4])], None, false)
-            .unwrap();
+        let w = SafetensorsWriter::create(
+            &p,
+            vec![OutTensor::new("w", Dtype::U8, vec![4])],
+            None,
+            false,
+        )
+        .unwrap();
         assert!(w.finish().is_err());
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
         assert!(header_bytes(
-            &[OutTensor::new("x", Dtype::U8, vec![1]), OutTensor::new("x", Dtype::U8, vec![1])],
+            &[
+                OutTensor::new("x", Dtype::U8, vec![1]),
+                OutTensor::new("x", Dtype::U8, vec![1])
+            ],
             None
         )
         .is_err());

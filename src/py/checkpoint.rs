@@ -13,26 +13,32 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::checkpoint::{
-    self, file, Granularity, Layout, OutDtype, OutTensor, Progress, QuantizeOptions, SafetensorsFile,
-    SafetensorsWriter, Summary,
+    self, file, Granularity, Layout, OutDtype, OutTensor, Progress, QuantizeOptions,
+    SafetensorsFile, SafetensorsWriter, Summary,
 };
 use crate::error::Error;
 use crate::format::Format;
 
 type TensorRow = (String, String, Vec<usize>, u64, u64);
+type Header = (u64, Vec<TensorRow>, Option<HashMap<String, String>>);
 
 /// Validate the header of `path`: returns `(file_len, [(name, dtype, shape, start, end)],
 /// metadata or None)` with absolute byte offsets, tensors in file order.
 #[pyfunction]
-fn read_header(
-    py: Python<'_>,
-    path: PathBuf,
-) -> PyResult<(u64, Vec<TensorRow>, Option<HashMap<String, String>>)> {
+fn read_header(py: Python<'_>, path: PathBuf) -> PyResult<Header> {
     let f = py.detach(|| SafetensorsFile::open(&path))?;
     let rows = f
         .tensors()
         .iter()
-        .map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone(), t.start, t.end))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype.to_string(),
+                t.shape.clone(),
+                t.start,
+                t.end,
+            )
+        })
         .collect();
     Ok((f.file_len(), rows, f.metadata().cloned()))
 }
@@ -50,13 +56,19 @@ fn write_file(
     let mut plan = Vec::with_capacity(tensors.len());
     let mut arrays = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, data) in &tensors {
-        plan.push(OutTensor::new(name.clone(), file::parse_dtype(dtype)?, shape.clone()));
+        plan.push(OutTensor::new(
+            name.clone(),
+            file::parse_dtype(dtype)?,
+            shape.clone(),
+        ));
         let a = data.cast::<PyArray1<u8>>().map_err(|_| {
             PyTypeError::new_err(format!("tensor {name:?}: data must be a 1-D uint8 array"))
         })?;
-        arrays.push(a.try_readonly().map_err(|e| {
-            Error::value(format!("tensor {name:?}: cannot read the array: {e}"))
-        })?);
+        arrays.push(
+            a.try_readonly().map_err(|e| {
+                Error::value(format!("tensor {name:?}: cannot read the array: {e}"))
+            })?,
+        );
     }
     let slices = arrays
         .iter()
@@ -72,11 +84,14 @@ fn write_file(
         for (s, name) in slices.iter().zip(&names) {
             match w.current_tensor() {
                 Some(t) if t.name != *name => {
-                    return Err(Error::value(format!("internal: tensor order broken at {name:?}")))
+                    return Err(Error::value(format!(
+                        "internal: tensor order broken at {name:?}"
+                    )))
                 }
                 _ => {}
             }
-            w.write(s).map_err(|e| Error::value(format!("tensor {name:?}: {e}")))?;
+            w.write(s)
+                .map_err(|e| Error::value(format!("tensor {name:?}: {e}")))?;
         }
         w.finish()
     })?;
@@ -96,7 +111,10 @@ fn with_progress<R: Send>(
             Python::attach(|py| {
                 let r = py.check_signals().and_then(|()| match &callback {
                     Some(cb) => cb
-                        .call1(py, (p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total))
+                        .call1(
+                            py,
+                            (p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total),
+                        )
                         .map(drop),
                     None => Ok(()),
                 });
@@ -204,7 +222,16 @@ fn dequantize_file<'py>(
         }
     };
     let s = with_progress(py, progress, |cb| {
-        checkpoint::dequantize_file(&src, &dst, out, &scale_files, block, metadata, overwrite, cb)
+        checkpoint::dequantize_file(
+            &src,
+            &dst,
+            out,
+            &scale_files,
+            block,
+            metadata,
+            overwrite,
+            cb,
+        )
     })?;
     summary_dict(py, &s)
 }
