@@ -102,30 +102,10 @@ impl SafetensorsFile {
             .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
             .len();
         let mut prefix = [0u8; PREFIX_LEN as usize];
-        if file_len < PREFIX_LEN {
-            return Err(value_err(
-                path,
-                format!(
-                    "not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"
-                ),
-            ));
+        if file_len >= PREFIX_LEN {
+            read_exact_at(&file, &mut prefix, 0, path)?;
         }
-        read_exact_at(&file, &mut prefix, 0, path)?;
-        let header_len = u64::from_le_bytes(prefix);
-        if header_len > MAX_HEADER_LEN {
-            return Err(value_err(
-                path,
-                format!("header length {header_len} exceeds the 100 MB safetensors limit"),
-            ));
-        }
-        if header_len > file_len - PREFIX_LEN {
-            return Err(value_err(
-                path,
-                format!(
-                    "header length {header_len} runs past the end of the file ({file_len} bytes): truncated or not a safetensors file"
-                ),
-            ));
-        }
+        let header_len = check_prefix(prefix, file_len).map_err(|m| value_err(path, m))?;
         let mut header = vec![0u8; header_len as usize];
         read_exact_at(&file, &mut header, PREFIX_LEN, path)?;
         let data_len = file_len - PREFIX_LEN - header_len;
@@ -253,6 +233,51 @@ fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64, path: &Path) 
 }
 
 type ParsedHeader = (Vec<TensorEntry>, Option<HashMap<String, String>>);
+
+/// Check the 8-byte length prefix of a file of `file_len` bytes (`prefix` is ignored when the
+/// file is shorter than 8 bytes); returns the header length.
+fn check_prefix(
+    prefix: [u8; PREFIX_LEN as usize],
+    file_len: u64,
+) -> std::result::Result<u64, String> {
+    if file_len < PREFIX_LEN {
+        return Err(format!(
+            "not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"
+        ));
+    }
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_LEN {
+        return Err(format!(
+            "header length {header_len} exceeds the 100 MB safetensors limit"
+        ));
+    }
+    if header_len > file_len - PREFIX_LEN {
+        return Err(format!(
+            "header length {header_len} runs past the end of the file ({file_len} bytes): truncated or not a safetensors file"
+        ));
+    }
+    Ok(header_len)
+}
+
+/// Validate a whole file image held in memory, exactly as [`SafetensorsFile::open`] validates
+/// a file; offsets in the result are absolute. The entry point of the header fuzzer
+/// (`tests/fuzz`), which also checks that every returned range lies inside `image`.
+pub fn validate_image(image: &[u8]) -> std::result::Result<ParsedHeader, String> {
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    if let Some(p) = image.get(..PREFIX_LEN as usize) {
+        prefix.copy_from_slice(p);
+    }
+    let file_len = image.len() as u64;
+    let header_len = check_prefix(prefix, file_len)?;
+    let data_start = PREFIX_LEN + header_len;
+    let header = &image[PREFIX_LEN as usize..data_start as usize];
+    let (mut tensors, meta) = parse_header(header, file_len - data_start)?;
+    for t in &mut tensors {
+        t.start += data_start;
+        t.end += data_start;
+    }
+    Ok((tensors, meta))
+}
 
 /// Validate a header (the JSON bytes after the length prefix) for a data section of
 /// `data_len` bytes. Offsets in the result are relative to the data section. The error is a

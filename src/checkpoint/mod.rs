@@ -128,6 +128,46 @@ fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// Two byte buffers reused from tensor to tensor, 8-byte aligned so they can be viewed as any
+/// element type. Reuse matters for speed: a fresh allocation per tensor would fault in (and
+/// zero) new pages for every tensor. They grow to the largest input and output tensor, which
+/// is what the memory bound allows.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<u64>,
+    output: Vec<u64>,
+}
+
+fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
+    let bytes = elements * std::mem::size_of::<T>();
+    let words = bytes.div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0);
+    }
+    let all: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..words]);
+    bytemuck::cast_slice_mut(&mut all[..bytes])
+}
+
+/// Read tensor `t` into `buf` viewed as elements of `T`.
+fn read_into<'a, T: bytemuck::Pod>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    buf: &'a mut Vec<u64>,
+) -> Result<&'a mut [T]> {
+    let size = std::mem::size_of::<T>() as u64;
+    if !t.nbytes().is_multiple_of(size) {
+        return Err(Error::value(format!(
+            "{}: tensor {:?} has {} bytes, not a multiple of {size}",
+            f.path().display(),
+            t.name,
+            t.nbytes()
+        )));
+    }
+    let v = view::<T>(buf, (t.nbytes() / size) as usize);
+    f.read_tensor(t, bytemuck::cast_slice_mut(v))?;
+    Ok(v)
+}
+
 /// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
 fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> Result<Vec<T>> {
     let size = std::mem::size_of::<T>() as u64;
@@ -253,24 +293,28 @@ pub fn quantize_file(
     };
     progress(p)?;
     let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
     for t in f.tensors() {
         if targets.contains(t.name.as_str()) {
             let (rows, cols) = matrix_dims(&f, t)?;
-            let (codes, scales) = match t.dtype {
+            let Scratch { input, output } = &mut scratch;
+            let codes = view::<u8>(output, t.numel());
+            let (fmt, g) = (opts.format, opts.granularity);
+            let scales = match t.dtype {
                 Dtype::BF16 => {
-                    let x = read_as::<bf16>(&f, t)?;
-                    scaled::quantize_weight(&x, rows, cols, opts.format, opts.granularity)?
+                    let x = read_into::<bf16>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
                 }
                 Dtype::F16 => {
-                    let x = read_as::<f16>(&f, t)?;
-                    scaled::quantize_weight(&x, rows, cols, opts.format, opts.granularity)?
+                    let x = read_into::<f16>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
                 }
                 _ => {
-                    let x = read_as::<f32>(&f, t)?;
-                    scaled::quantize_weight(&x, rows, cols, opts.format, opts.granularity)?
+                    let x = read_into::<f32>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
                 }
             };
-            w.write(&codes)?;
+            w.write(codes)?;
             w.write(bytemuck::cast_slice(&scales))?;
             summary.converted.push(t.name.clone());
         } else {
@@ -387,32 +431,32 @@ fn infer_granularity(
     )))
 }
 
-fn dequantize_entry<O: scaled::Target>(
+fn dequantize_entry<'a, O: scaled::Target>(
     f: &SafetensorsFile,
     t: &TensorEntry,
     scale: &ScaleRef<'_>,
     block: Option<(usize, usize)>,
-) -> Result<(Vec<O>, Granularity)> {
+    scratch: &'a mut Scratch,
+) -> Result<(&'a mut [O], Granularity)> {
     let fmt = fmt_of(t.dtype).expect("caller checks the dtype");
     let (rows, cols) = match t.shape[..] {
         [r, c] => (r, c),
         [n] => (1, n),
         [] => (1, 1),
-        _ => {
-            return Err(Error::value(format!(
+        _ => return Err(Error::value(format!(
             "{}: FP8 tensor {:?} has shape {:?}; only 0-, 1- and 2-D tensors can be dequantized",
             f.path().display(),
             t.name,
             t.shape
-        )))
-        }
+        ))),
     };
     let g = infer_granularity(&t.name, rows, cols, scale.entry, block)
         .map_err(|e| Error::value(format!("{}: {e}", f.path().display())))?;
     let scales = read_scales(scale)?;
-    let codes = read_as::<u8>(f, t)?;
-    let mut o = vec![O::default(); codes.len()];
-    scaled::dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut o)?;
+    let Scratch { input, output } = scratch;
+    let codes = read_into::<u8>(f, t, input)?;
+    let o = view::<O>(output, codes.len());
+    scaled::dequantize_weight(codes, rows, cols, fmt, &scales, g, o)?;
     Ok((o, g))
 }
 
@@ -495,19 +539,20 @@ pub fn dequantize_file(
     };
     progress(p)?;
     let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
     for t in f.tensors() {
         if !is_dropped(&files, &t.name) {
             if fmt_of(t.dtype).is_some() {
                 let scale = find_scale(&files, &t.name).expect("checked while planning");
                 match out {
                     OutDtype::BF16 => w.write(bytemuck::cast_slice(
-                        &dequantize_entry::<bf16>(f, t, &scale, block)?.0,
+                        dequantize_entry::<bf16>(f, t, &scale, block, &mut scratch)?.0,
                     ))?,
                     OutDtype::F16 => w.write(bytemuck::cast_slice(
-                        &dequantize_entry::<f16>(f, t, &scale, block)?.0,
+                        dequantize_entry::<f16>(f, t, &scale, block, &mut scratch)?.0,
                     ))?,
                     OutDtype::F32 => w.write(bytemuck::cast_slice(
-                        &dequantize_entry::<f32>(f, t, &scale, block)?.0,
+                        dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?.0,
                     ))?,
                 }
                 summary.converted.push(t.name.clone());
@@ -570,7 +615,9 @@ fn read_f32(
         ),
         Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
             Some(scale) => {
-                let (v, g) = dequantize_entry::<f32>(f, t, &scale, block)?;
+                let mut scratch = Scratch::default();
+                let (v, g) = dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?;
+                let v = v.to_vec();
                 let layout = match g {
                     Granularity::Tensor => "tensor".to_string(),
                     Granularity::Channel => "channel".to_string(),

@@ -86,11 +86,31 @@ impl Granularity {
 pub trait Source: Copy + Default + Send + Sync + bytemuck::Pod {
     /// Widen a slice to float32 (exact for every implementor).
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// Largest finite magnitude (NaN and ±Inf ignored; 0 for none), as float32 (exact).
+    fn amax(src: &[Self]) -> f32;
+}
+
+// For IEEE-style formats, the bit patterns of non-negative values order like the values, and
+// every pattern at or above the infinity pattern is Inf or NaN. So the finite amax is an
+// integer max over `bits & !sign` with the non-finite patterns mapped to 0: branch-free and
+// vectorized, with no float NaN semantics in the way.
+macro_rules! int_amax {
+    ($src:expr, $bits:ty, $abs_mask:expr, $inf:expr) => {{
+        let mut m: $bits = 0;
+        for v in $src {
+            let a = v.to_bits() & $abs_mask;
+            m = m.max(if a < $inf { a } else { 0 });
+        }
+        m
+    }};
 }
 
 impl Source for f32 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn amax(src: &[Self]) -> f32 {
+        f32::from_bits(int_amax!(src, u32, 0x7FFF_FFFF, 0x7F80_0000))
     }
 }
 
@@ -98,11 +118,17 @@ impl Source for bf16 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }
+    fn amax(src: &[Self]) -> f32 {
+        bf16::from_bits(int_amax!(src, u16, 0x7FFF, 0x7F80)).to_f32()
+    }
 }
 
 impl Source for f16 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
+    }
+    fn amax(src: &[Self]) -> f32 {
+        f16::from_bits(int_amax!(src, u16, 0x7FFF, 0x7C00)).to_f32()
     }
 }
 
@@ -116,20 +142,7 @@ fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
 
 /// Largest finite magnitude of a slice (NaN and ±Inf ignored; 0 for none).
 fn amax_slice<T: Source>(x: &[T]) -> f32 {
-    let mut buf = [0f32; STRIP];
-    let mut m = 0f32;
-    for chunk in x.chunks(STRIP) {
-        let b = &mut buf[..chunk.len()];
-        T::widen(chunk, b);
-        for &v in b.iter() {
-            let a = v.abs();
-            // `a < INFINITY` is false for NaN and Inf, so both are skipped.
-            if a < f32::INFINITY && a > m {
-                m = a;
-            }
-        }
-    }
-    m
+    T::amax(x)
 }
 
 fn scale_from_amax(amax: f32, fmt: Format) -> f32 {
@@ -219,10 +232,27 @@ pub fn quantize_weight<T: Source>(
     fmt: Format,
     g: Granularity,
 ) -> Result<(Vec<u8>, Vec<f32>)> {
-    let scales = compute_scales(x, rows, cols, fmt, g)?;
     let mut codes = vec![0u8; x.len()];
+    let scales = quantize_weight_into(x, rows, cols, fmt, g, &mut codes)?;
+    Ok((codes, scales))
+}
+
+/// [`quantize_weight`] into a caller's buffer of `x.len()` codes (reused across tensors by the
+/// drivers, so that each tensor does not fault in fresh pages); returns the scales.
+pub fn quantize_weight_into<T: Source>(
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    fmt: Format,
+    g: Granularity,
+    codes: &mut [u8],
+) -> Result<Vec<f32>> {
+    let scales = compute_scales(x, rows, cols, fmt, g)?;
+    if codes.len() != x.len() {
+        return Err(Error::value("code buffer length differs from the input's"));
+    }
     if x.is_empty() {
-        return Ok((codes, scales));
+        return Ok(scales);
     }
     let encode = codec_kernels().encode_f32;
     let align = match g {
@@ -255,54 +285,77 @@ pub fn quantize_weight<T: Source>(
                 }
             });
     });
-    Ok((codes, scales))
+    Ok(scales)
 }
 
 /// An output element type of dequantization.
 pub trait Target: Copy + Default + Send + Sync + bytemuck::Pod {
-    /// Round an exactly representable float64 value once to this type.
-    fn round_from_f64(p: f64) -> Self;
+    /// Round exactly representable float64 values once to this type.
+    fn round_from_f64(p: &[f64; 256], out: &mut [Self; 256]);
 }
 
-/// Round `p` to float32 with round-to-odd: truncate toward zero, then set the last bit if
-/// anything was cut off. A later rounding to a type with at most 22 significand bits is then
-/// the single correct rounding of `p`.
+/// Round to float32 with round-to-odd: truncate toward zero, then set the last bit if anything
+/// was cut off. A later rounding to a type with at most 22 significand bits is then the single
+/// correct rounding of `p`. Branch-free so that the 256-entry loops vectorize.
+#[inline(always)]
 fn f32_round_to_odd(p: f64) -> f32 {
     let r = p as f32;
-    if !r.is_finite() || f64::from(r) == p {
-        return r;
+    let back = f64::from(r);
+    let inexact = back != p && !p.is_nan();
+    // `p as f32` rounded to nearest; if that stepped away from zero, step back one ulp
+    // (same sign, magnitude - 1), which is the truncation.
+    let away = inexact && back.abs() > p.abs();
+    f32::from_bits((r.to_bits() - u32::from(away)) | u32::from(inexact))
+}
+
+/// float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (quieted).
+#[inline(always)]
+fn bf16_bits_rne(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
     }
-    let mut bits = r.to_bits();
-    if f64::from(r).abs() > p.abs() {
-        bits -= 1; // stepped away from zero: step back (same sign, magnitude - 1 ulp)
-    }
-    f32::from_bits(bits | 1)
 }
 
 impl Target for f32 {
-    fn round_from_f64(p: f64) -> Self {
-        p as f32
+    fn round_from_f64(p: &[f64; 256], out: &mut [Self; 256]) {
+        for (o, &v) in out.iter_mut().zip(p) {
+            *o = v as f32;
+        }
     }
 }
 
 impl Target for bf16 {
-    fn round_from_f64(p: f64) -> Self {
-        bf16::from_f32(f32_round_to_odd(p))
+    fn round_from_f64(p: &[f64; 256], out: &mut [Self; 256]) {
+        for (o, &v) in out.iter_mut().zip(p) {
+            *o = bf16::from_bits(bf16_bits_rne(f32_round_to_odd(v)));
+        }
     }
 }
 
 impl Target for f16 {
-    fn round_from_f64(p: f64) -> Self {
-        f16::from_f32(f32_round_to_odd(p))
+    fn round_from_f64(p: &[f64; 256], out: &mut [Self; 256]) {
+        let mut odd = [0f32; 256];
+        for (o, &v) in odd.iter_mut().zip(p) {
+            *o = f32_round_to_odd(v);
+        }
+        out.convert_from_f32_slice(&odd);
     }
 }
 
-/// The 256 results `decode(c) * scale` rounded once to `O`.
-fn table<O: Target>(fmt: Format, scale: f64) -> [O; 256] {
-    let mut t = [O::default(); 256];
-    for (c, slot) in t.iter_mut().enumerate() {
-        *slot = O::round_from_f64(scalar::decode_f64(c as u8, fmt) * scale);
+/// The 256 results `decode(c) * scale` rounded once to `O`. Codes `c | 0x80` are the
+/// negatives of codes `c` and rounding is symmetric, but the products are formed for all 256
+/// codes anyway: a negative scale, or a NaN code, must come out as the reference says.
+pub(crate) fn table<O: Target>(fmt: Format, scale: f64) -> [O; 256] {
+    let decoded = scalar::tables::f64_table(fmt);
+    let mut products = [0f64; 256];
+    for (p, &d) in products.iter_mut().zip(decoded.iter()) {
+        *p = d * scale;
     }
+    let mut t = [O::default(); 256];
+    O::round_from_f64(&products, &mut t);
     t
 }
 
@@ -583,7 +636,19 @@ mod tests {
         // p = 1 + 2^-8 + 2^-30: above the bf16 midpoint between 1 and 1 + 2^-7, so it must round
         // up; rounding to float32 first would land exactly on the midpoint and tie to even (1).
         let p = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
-        assert_eq!(bf16::round_from_f64(p).to_f64(), 1.0 + 2f64.powi(-7));
+        let mut out = [bf16::ZERO; 256];
+        let mut ps = [0f64; 256];
+        ps[0] = p;
+        ps[1] = -p;
+        ps[2] = f64::NAN;
+        ps[3] = 1e300;
+        ps[4] = 1.0 + 2f64.powi(-8); // an exact tie: to even (1)
+        bf16::round_from_f64(&ps, &mut out);
+        assert_eq!(out[0].to_f64(), 1.0 + 2f64.powi(-7));
+        assert_eq!(out[1].to_f64(), -(1.0 + 2f64.powi(-7)));
+        assert!(out[2].is_nan());
+        assert_eq!(out[3], bf16::INFINITY);
+        assert_eq!(out[4].to_f64(), 1.0);
         assert_eq!(bf16::from_f32(p as f32).to_f64(), 1.0);
     }
 
