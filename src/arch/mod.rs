@@ -214,3 +214,6 @@ pub fn codec_kernels_for(isa: Isa) -> Option<&'static CodecKernels> {
 pub fn codec_kernels() -> &'static CodecKernels {
     codec_kernels_for(active()).unwrap_or(&SCALAR_CODEC)
 }
+
+#[cfg(test)]
+mod tests;

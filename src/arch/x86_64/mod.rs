@@ -5,6 +5,7 @@
 
 pub mod avx2;
 pub mod avx512;
+mod common;
 
 /// AVX2 + FMA + F16C: the features of every `avx2` kernel.
 pub fn has_avx2() -> bool {
