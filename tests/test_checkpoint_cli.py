@@ -95,6 +95,18 @@ def test_existing_destination_and_source_as_destination_are_refused(tmp_path, ca
     assert sorted(os.listdir(tmp_path)) == ["model", "q"]
 
 
+def test_single_file_into_a_directory_and_shard_jobs(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    write_raw(str(src), model_tensors(layers=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run(capsys, "quantize", str(src), str(out), "-q", "--shard", "2/2")[0] == 0
+    assert os.listdir(out) == []  # the only file belongs to job 1
+    assert run(capsys, "quantize", str(src), str(out), "-q")[0] == 0
+    assert os.listdir(out) == ["m.safetensors"]
+    assert fp8fast.load_file(out / "m.safetensors")["model.layers.0.mlp.up_proj.weight"].dtype == fp8fast.E4M3
+
+
 def test_quantizing_twice_is_refused(tmp_path, capsys, model):
     q = tmp_path / "q"
     assert run(capsys, "quantize", str(model), str(q), "-q")[0] == 0

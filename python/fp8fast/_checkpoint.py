@@ -336,6 +336,16 @@ def _same_path(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _single_file_destination(ck: "Checkpoint", dst: str, shard: Optional[Tuple[int, int]]) -> Optional[str]:
+    """For a single-file source: DST itself, or DST/<file name> when DST is a directory; None
+    when ``--shard I/N`` gives this (only) file to another job."""
+    if shard is not None and shard[0] != 1:
+        return None
+    if os.path.isdir(dst):
+        return os.path.join(dst, ck.shards[0])
+    return dst
+
+
 def _check_destination(src: str, dst: str, force: bool) -> None:
     if os.path.exists(dst) and _same_path(src, dst):
         raise ValueError(f"destination {dst} is the source: refusing to overwrite the input")
@@ -560,6 +570,11 @@ def quantize(
     ck = open_checkpoint(src)
     if ck.config is not None and "quantization_config" in ck.config:
         raise ValueError(f"{src}: config.json already has a quantization_config: the checkpoint is already quantized")
+    if ck.single_file:
+        dst = _single_file_destination(ck, dst, shard)
+        if dst is None:
+            return {"quantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
+        shard = None
     _check_destination(src, dst, force or shard is not None)
     targets, skipped = select_targets(ck, ignore)
     shards = _selected(ck, shard)
@@ -680,6 +695,11 @@ def dequantize(
         raise ValueError(f"unknown dtype {dtype!r}: expected bf16, f16 or f32")
     t0 = time.perf_counter()
     ck = open_checkpoint(src)
+    if ck.single_file:
+        dst = _single_file_destination(ck, dst, shard)
+        if dst is None:
+            return {"dequantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
+        shard = None
     _check_destination(src, dst, force or shard is not None)
     block = _block_from_config(ck.config)
     # Which shard holds each tensor, to find scales stored beside other shards' weights.

@@ -137,6 +137,7 @@ SUBCOMMAND_HOOKS: list = []
 from . import cli_checkpoint as _cli_checkpoint  # noqa: E402  (the checkpoint subcommands)
 
 SUBCOMMAND_HOOKS.append(_cli_checkpoint.add_subcommands)
+DEMO_STEPS.append(_cli_checkpoint.demo_step)
 
 
 def build_parser() -> argparse.ArgumentParser:

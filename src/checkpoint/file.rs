@@ -429,6 +429,15 @@ pub(crate) mod tests {
         std::fs::write(&p, bytes).unwrap();
         let r = SafetensorsFile::open(&p);
         std::fs::remove_file(&p).unwrap();
+        // The in-memory validation the fuzzer drives agrees with the file-based one.
+        match (&r, validate_image(bytes)) {
+            (Ok(f), Ok((tensors, meta))) => {
+                assert_eq!(f.tensors(), &tensors[..]);
+                assert_eq!(f.metadata(), meta.as_ref());
+            }
+            (Err(e), Err(m)) => assert!(e.to_string().ends_with(&m), "{e} vs {m}"),
+            (a, b) => panic!("open and validate_image disagree: {a:?} vs {b:?}"),
+        }
         r
     }
 
