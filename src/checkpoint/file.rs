@@ -199,7 +199,29 @@ impl SafetensorsFile {
                 t.nbytes()
             )));
         }
-        self.read_tensor_part(t, 0, buf)
+        self.read_tensor_part_parallel(t, 0, buf)
+    }
+
+    /// [`read_tensor_part`](Self::read_tensor_part), split into pieces read concurrently by
+    /// the pool when large: copying out of the page cache is CPU work.
+    pub fn read_tensor_part_parallel(
+        &self,
+        t: &TensorEntry,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let piece = super::writer::IO_PIECE;
+        if buf.len() < 2 * piece || crate::threads::num_threads() == 1 {
+            return self.read_tensor_part(t, offset, buf);
+        }
+        use rayon::prelude::*;
+        crate::threads::run(|| {
+            buf.par_chunks_mut(piece)
+                .enumerate()
+                .try_for_each(|(i, part)| {
+                    self.read_tensor_part(t, offset + (i * piece) as u64, part)
+                })
+        })
     }
 }
 

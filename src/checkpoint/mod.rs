@@ -194,7 +194,7 @@ fn copy_tensor(
     while off < t.nbytes() {
         let n = (t.nbytes() - off).min(COPY_CHUNK as u64) as usize;
         buf.resize(n, 0);
-        f.read_tensor_part(t, off, &mut buf[..n])?;
+        f.read_tensor_part_parallel(t, off, &mut buf[..n])?;
         w.write(&buf[..n])?;
         off += n as u64;
     }
@@ -443,12 +443,14 @@ fn dequantize_entry<'a, O: scaled::Target>(
         [r, c] => (r, c),
         [n] => (1, n),
         [] => (1, 1),
-        _ => return Err(Error::value(format!(
+        _ => {
+            return Err(Error::value(format!(
             "{}: FP8 tensor {:?} has shape {:?}; only 0-, 1- and 2-D tensors can be dequantized",
             f.path().display(),
             t.name,
             t.shape
-        ))),
+        )))
+        }
     };
     let g = infer_granularity(&t.name, rows, cols, scale.entry, block)
         .map_err(|e| Error::value(format!("{}: {e}", f.path().display())))?;

@@ -6,15 +6,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
 
-use super::file::MAX_HEADER_LEN;
+use rayon::prelude::*;
+
+use super::file::{MAX_HEADER_LEN, PREFIX_LEN};
 use crate::error::{Error, Result};
+use crate::threads;
 
 /// A file created under a temporary name next to its destination and renamed into place by
 /// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is deleted.
@@ -212,6 +215,37 @@ pub struct SafetensorsWriter {
     sizes: Vec<u64>,
     current: usize,
     written: u64,
+    /// Absolute file position of the next byte.
+    pos: u64,
+}
+
+/// Writes at least this large are split into pieces written concurrently at their offsets:
+/// copying into the page cache is CPU work, and a single writer thread would leave the other
+/// cores idle between conversions.
+const PARALLEL_WRITE_MIN: usize = 4 << 20;
+/// Piece size of parallel positional reads and writes.
+pub(crate) const IO_PIECE: usize = 2 << 20;
+
+#[cfg(unix)]
+fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !bytes.is_empty() {
+        match file.seek_write(bytes, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl SafetensorsWriter {
@@ -245,6 +279,7 @@ impl SafetensorsWriter {
             sizes,
             current: 0,
             written: 0,
+            pos: PREFIX_LEN + header.len() as u64,
         };
         w.skip_empty();
         Ok(w)
@@ -282,16 +317,35 @@ impl SafetensorsWriter {
                 t.name
             )));
         }
-        self.out.write_all(bytes).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot write tensor {:?} to {}",
-                    t.name,
-                    self.atomic.dest().display()
-                ),
-                e,
+        let context = || {
+            format!(
+                "cannot write tensor {:?} to {}",
+                t.name,
+                self.atomic.dest().display()
             )
-        })?;
+        };
+        if bytes.len() >= PARALLEL_WRITE_MIN && threads::num_threads() > 1 {
+            let pos = self.pos;
+            self.out.flush().map_err(|e| Error::io(context(), e))?;
+            let file = self.out.get_ref();
+            threads::run(|| {
+                bytes
+                    .par_chunks(IO_PIECE)
+                    .enumerate()
+                    .try_for_each(|(i, piece)| {
+                        write_all_at(file, piece, pos + (i * IO_PIECE) as u64)
+                    })
+            })
+            .map_err(|e| Error::io(context(), e))?;
+            self.out
+                .seek(SeekFrom::Start(pos + bytes.len() as u64))
+                .map_err(|e| Error::io(context(), e))?;
+        } else {
+            self.out
+                .write_all(bytes)
+                .map_err(|e| Error::io(context(), e))?;
+        }
+        self.pos += bytes.len() as u64;
         self.written += bytes.len() as u64;
         self.skip_empty();
         Ok(())
@@ -354,6 +408,46 @@ mod tests {
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
         // No overwrite without permission.
         assert!(SafetensorsWriter::create(&p, vec![], None, false).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn large_tensors_go_through_parallel_positional_io_intact() {
+        let d = tmpdir("par");
+        // Sizes around the piece boundaries, odd lengths, and a small tensor between big ones
+        // so the buffered and positional paths interleave.
+        let sizes = [
+            9 * IO_PIECE / 2 + 3,
+            17,
+            4 * IO_PIECE,
+            PARALLEL_WRITE_MIN - 1,
+        ];
+        let data: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| (0..n).map(|i| (i * 31 + k * 7 + (i >> 13)) as u8).collect())
+            .collect();
+        for threads in [1, 2] {
+            crate::threads::set_num_threads(threads).unwrap();
+            let p = d.join(format!("p{threads}.safetensors"));
+            let plan = sizes
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| OutTensor::new(format!("t{k}"), Dtype::U8, vec![n]))
+                .collect();
+            let mut w = SafetensorsWriter::create(&p, plan, None, false).unwrap();
+            for v in &data {
+                w.write(v).unwrap();
+            }
+            w.finish().unwrap();
+            let f = SafetensorsFile::open(&p).unwrap();
+            for (k, v) in data.iter().enumerate() {
+                let t = f.get(&format!("t{k}")).unwrap();
+                let mut back = vec![0u8; v.len()];
+                f.read_tensor(t, &mut back).unwrap();
+                assert!(back == *v, "tensor {k} with {threads} threads");
+            }
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
