@@ -809,11 +809,13 @@ def inspect(
     block_cfg = _block_from_config(ck.config)
     targets, _ = select_targets(ck) if error else ({}, [])
     rows: List[Dict[str, Any]] = []
-    all_paths = [ck.path(s) for s in ck.shards]
+    where = {r[0]: s for s in ck.shards for r in ck.headers[s][1]}
     src_where = {r[0]: s for s in src_ck.shards for r in src_ck.headers[s][1]} if src_ck else {}
     for s in ck.shards:
-        others = [p for p in all_paths if p != ck.path(s)]
         for name, dtype, shape, start, end in ck.headers[s][1]:
+            # Only the shard holding this tensor's scale, if elsewhere, is opened with it.
+            others = sorted({ck.path(where[name + sfx]) for sfx in ("_scale", "_scale_inv")
+                             if _is_fp8(dtype) and name + sfx in where and where[name + sfx] != s})
             row: Dict[str, Any] = {"name": name, "dtype": dtype, "shape": tuple(shape),
                                    "bytes": end - start, "scale": "", "amax": None,
                                    "sqnr_db": None, "max_rel_err": None}
