@@ -7,6 +7,8 @@
 //! - [`scalar`]: the reference codec, written from the specification, the oracle for the rest.
 //! - [`arch`]: run-time ISA detection and the per-ISA kernels (AVX-512, AVX2, portable).
 //! - [`convert`]: the safe API over slices and strided n-d arrays, multi-threaded.
+//! - [`quant`]: scaled quantization (per-tensor, per-channel, 2-D block and MX scales), the
+//!   fused scale-and-encode / decode-and-scale passes, and stochastic rounding.
 //!
 //! Conversion follows OFP8 §5.2: round to nearest, ties to even, then saturate (to the max
 //! normal) or overflow (to infinity for E5M2, NaN for E4M3). `f64` input is rounded once.
@@ -27,6 +29,7 @@ pub mod checkpoint;
 pub mod convert;
 pub mod error;
 pub mod format;
+pub mod quant;
 pub mod scalar;
 pub mod threads;
 

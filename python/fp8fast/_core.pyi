@@ -57,3 +57,29 @@ def tensor_report(
     error: tuple[str, str, tuple[int, int]] | None = None,
     source: str | None = None,
 ) -> dict[str, float | str | None]: ...
+# --- quantization (src/py/quant.rs) ---------------------------------------------------
+def quantize(
+    x: np.ndarray,
+    fmt: str,
+    granularity: str,
+    axis: int,
+    block: tuple[int, int],
+    rounding: str,
+    seed: int | None = None,
+) -> tuple[npt.NDArray[np.uint8], np.ndarray]:
+    """Codes (uint8, x's shape) and scales (float32, or uint8 E8M0 codes for "mx")."""
+    ...
+def dequantize(
+    q: npt.NDArray[np.uint8],
+    scale: np.ndarray,
+    fmt: str,
+    granularity: str,
+    axis: int,
+    block: tuple[int, int],
+    dtype: str,
+    out: np.ndarray | None = None,
+) -> np.ndarray: ...
+def amax_rows(x: np.ndarray, ignore_nan: bool) -> npt.NDArray[np.float64]: ...
+def encode_stochastic_into(
+    src: np.ndarray, dst: npt.NDArray[np.uint8], fmt: str, saturate: bool, seed: int | None = None
+) -> None: ...

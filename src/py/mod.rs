@@ -9,6 +9,7 @@ use crate::error::Error;
 mod checkpoint;
 mod codec;
 mod config;
+mod quant;
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -32,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     config::register(m)?;
     codec::register(m)?;
     checkpoint::register(m)?;
+    quant::register(m)?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 pub mod avx2;
 pub mod avx512;
 mod common;
+pub mod quant_avx2;
+pub mod quant_avx512;
 
 /// AVX2 + FMA + F16C: the features of every `avx2` kernel.
 pub fn has_avx2() -> bool {

@@ -1,0 +1,237 @@
+//! Slice kernels of the quantization passes, one table per ISA (like [`crate::arch::CodecKernels`]).
+//!
+//! The bodies here are `#[inline(always)]` so that the x86-64 modules can instantiate them
+//! inside `#[target_feature]` functions (where they vectorise with the level's registers);
+//! the stochastic-rounding kernels are written with intrinsics in `arch::x86_64::quant_*`.
+
+use half::{bf16, f16};
+
+use super::stochastic::{self, StochasticParams};
+use crate::arch::{self, Isa};
+
+/// Largest magnitudes of a slice, as "magnitude keys": the IEEE bits with the sign cleared,
+/// which order exactly like the magnitudes (NaNs above +Inf), widened to `u64`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbsMaxKeys {
+    /// Largest finite magnitude (0 if none).
+    pub finite: u64,
+    /// Largest non-NaN magnitude (Inf included; 0 if none).
+    pub non_nan: u64,
+    /// Largest key of all (above the Inf key exactly when a NaN is present).
+    pub all: u64,
+}
+
+impl AbsMaxKeys {
+    /// Combine two partial results (exact and order-independent: it is a max).
+    #[inline(always)]
+    pub fn merge(self, o: AbsMaxKeys) -> AbsMaxKeys {
+        AbsMaxKeys {
+            finite: self.finite.max(o.finite),
+            non_nan: self.non_nan.max(o.non_nan),
+            all: self.all.max(o.all),
+        }
+    }
+}
+
+/// Slice kernels of one ISA for quantization.
+#[derive(Clone, Copy)]
+pub struct QuantKernels {
+    /// The level these kernels belong to.
+    pub isa: Isa,
+    /// Magnitude maxima of an `f32` slice.
+    pub absmax_f32: fn(&[f32]) -> AbsMaxKeys,
+    /// Magnitude maxima of an `f64` slice.
+    pub absmax_f64: fn(&[f64]) -> AbsMaxKeys,
+    /// Magnitude maxima of an `f16` slice.
+    pub absmax_f16: fn(&[f16]) -> AbsMaxKeys,
+    /// Magnitude maxima of a `bf16` slice.
+    pub absmax_bf16: fn(&[bf16]) -> AbsMaxKeys,
+    /// Per group of `group` consecutive elements of an `f32` row: `out[g] = max(out[g],
+    /// largest finite magnitude key of group g)`.
+    pub group_max_f32: fn(&[f32], usize, &mut [u64]),
+    /// As `group_max_f32` for `f64`.
+    pub group_max_f64: fn(&[f64], usize, &mut [u64]),
+    /// As `group_max_f32` for `f16`.
+    pub group_max_f16: fn(&[f16], usize, &mut [u64]),
+    /// As `group_max_f32` for `bf16`.
+    pub group_max_bf16: fn(&[bf16], usize, &mut [u64]),
+    /// `dst[j] = src[j] * s[(col0 + j) / group]` (one IEEE multiply each, never fused), with
+    /// arguments `(src, col0, group, s, dst)`.
+    pub scale_groups_f32: fn(&[f32], usize, usize, &[f32], &mut [f32]),
+    /// `buf[j] *= s[(col0 + j) / group]`, with arguments `(buf, col0, group, s)`.
+    pub scale_groups_inplace_f32: fn(&mut [f32], usize, usize, &[f32]),
+    /// Stochastic rounding of `f32` to FP8 (see [`stochastic`]).
+    pub stochastic_f32: fn(&[f32], &mut [u8], StochasticParams),
+}
+
+macro_rules! absmax_body {
+    ($name:ident, $t:ty, $u:ty, $inf:expr) => {
+        /// Magnitude maxima by integer max over the sign-cleared bits; written so it vectorises.
+        #[inline(always)]
+        pub fn $name(x: &[$t]) -> AbsMaxKeys {
+            const MAG: $u = <$u>::MAX >> 1;
+            const INF: $u = $inf;
+            let (mut finite, mut non_nan, mut all): ($u, $u, $u) = (0, 0, 0);
+            for v in x {
+                let k = v.to_bits() & MAG;
+                all = all.max(k);
+                non_nan = non_nan.max(if k <= INF { k } else { 0 });
+                finite = finite.max(if k < INF { k } else { 0 });
+            }
+            AbsMaxKeys {
+                finite: finite as u64,
+                non_nan: non_nan as u64,
+                all: all as u64,
+            }
+        }
+    };
+}
+
+macro_rules! group_max_body {
+    ($name:ident, $t:ty, $u:ty, $inf:expr) => {
+        /// Largest finite magnitude key per group, merged into `out` (one slot per group).
+        #[inline(always)]
+        pub fn $name(row: &[$t], group: usize, out: &mut [u64]) {
+            const MAG: $u = <$u>::MAX >> 1;
+            const INF: $u = $inf;
+            for (slot, seg) in out.iter_mut().zip(row.chunks(group.max(1))) {
+                let mut finite: $u = 0;
+                for v in seg {
+                    let k = v.to_bits() & MAG;
+                    finite = finite.max(if k < INF { k } else { 0 });
+                }
+                *slot = (*slot).max(finite as u64);
+            }
+        }
+    };
+}
+
+group_max_body!(group_max_f32_body, f32, u32, 0x7F80_0000);
+group_max_body!(group_max_f64_body, f64, u64, 0x7FF0_0000_0000_0000);
+group_max_body!(group_max_f16_body, f16, u16, 0x7C00);
+group_max_body!(group_max_bf16_body, bf16, u16, 0x7F80);
+
+absmax_body!(absmax_f32_body, f32, u32, 0x7F80_0000);
+absmax_body!(absmax_f64_body, f64, u64, 0x7FF0_0000_0000_0000);
+absmax_body!(absmax_f16_body, f16, u16, 0x7C00);
+absmax_body!(absmax_bf16_body, bf16, u16, 0x7F80);
+
+/// Calls `f(start, end, group index)` for the runs of equal scale in columns
+/// `col0..col0 + len` (groups of `group` columns).
+#[inline(always)]
+fn for_each_group_run(
+    len: usize,
+    col0: usize,
+    group: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let mut j = 0;
+    while j < len {
+        let g = (col0 + j) / group;
+        let end = ((g + 1) * group - col0).min(len);
+        f(j, end, g);
+        j = end;
+    }
+}
+
+/// `dst[j] = src[j] * s[(col0 + j) / group]`.
+#[inline(always)]
+pub fn scale_groups_f32_body(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    if group == 1 {
+        for ((d, &x), &s) in dst.iter_mut().zip(src).zip(&s[col0..]) {
+            *d = x * s;
+        }
+        return;
+    }
+    for_each_group_run(src.len().min(dst.len()), col0, group, |a, b, g| {
+        let s = s[g];
+        for (d, &x) in dst[a..b].iter_mut().zip(&src[a..b]) {
+            *d = x * s;
+        }
+    });
+}
+
+/// `buf[j] *= s[(col0 + j) / group]`.
+#[inline(always)]
+pub fn scale_groups_inplace_f32_body(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
+    if group == 1 {
+        for (v, &s) in buf.iter_mut().zip(&s[col0..]) {
+            *v *= s;
+        }
+        return;
+    }
+    for_each_group_run(buf.len(), col0, group, |a, b, g| {
+        let s = s[g];
+        for v in &mut buf[a..b] {
+            *v *= s;
+        }
+    });
+}
+
+fn absmax_f32_portable(x: &[f32]) -> AbsMaxKeys {
+    absmax_f32_body(x)
+}
+fn absmax_f64_portable(x: &[f64]) -> AbsMaxKeys {
+    absmax_f64_body(x)
+}
+fn absmax_f16_portable(x: &[f16]) -> AbsMaxKeys {
+    absmax_f16_body(x)
+}
+fn absmax_bf16_portable(x: &[bf16]) -> AbsMaxKeys {
+    absmax_bf16_body(x)
+}
+fn group_max_f32_portable(row: &[f32], group: usize, out: &mut [u64]) {
+    group_max_f32_body(row, group, out)
+}
+fn group_max_f64_portable(row: &[f64], group: usize, out: &mut [u64]) {
+    group_max_f64_body(row, group, out)
+}
+fn group_max_f16_portable(row: &[f16], group: usize, out: &mut [u64]) {
+    group_max_f16_body(row, group, out)
+}
+fn group_max_bf16_portable(row: &[bf16], group: usize, out: &mut [u64]) {
+    group_max_bf16_body(row, group, out)
+}
+fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    scale_groups_f32_body(src, col0, group, s, dst)
+}
+fn scale_groups_inplace_f32_portable(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
+    scale_groups_inplace_f32_body(buf, col0, group, s)
+}
+
+/// The portable kernels.
+pub static SCALAR_QUANT: QuantKernels = QuantKernels {
+    isa: Isa::Scalar,
+    absmax_f32: absmax_f32_portable,
+    absmax_f64: absmax_f64_portable,
+    absmax_f16: absmax_f16_portable,
+    absmax_bf16: absmax_bf16_portable,
+    group_max_f32: group_max_f32_portable,
+    group_max_f64: group_max_f64_portable,
+    group_max_f16: group_max_f16_portable,
+    group_max_bf16: group_max_bf16_portable,
+    scale_groups_f32: scale_groups_f32_portable,
+    scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
+    stochastic_f32: stochastic::encode_f32,
+};
+
+/// The quantization kernels of `isa`, or `None` if this CPU lacks it.
+pub fn quant_kernels_for(isa: Isa) -> Option<&'static QuantKernels> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        Isa::Scalar => Some(&SCALAR_QUANT),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(arch::x86_64::quant_avx2::quant_kernels()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => Some(arch::x86_64::quant_avx512::quant_kernels()),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// The quantization kernels of the active level.
+pub fn quant_kernels() -> &'static QuantKernels {
+    quant_kernels_for(arch::active()).unwrap_or(&SCALAR_QUANT)
+}
