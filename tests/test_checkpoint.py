@@ -141,16 +141,17 @@ def test_missing_file_is_oserror(tmp_path):
 
 
 def reference_quantize(x32: np.ndarray, granularity: str, block=(128, 128)):
-    """float64-free reference of the documented semantics, from numpy + ml_dtypes:
-    scale = amax / 448 in float32 (1 for an all-zero group), q = (x / scale).astype(e4m3)."""
+    """Reference of the documented semantics (the quantization module's), from numpy +
+    ml_dtypes: scale = float32(amax / 448) (1 for an all-zero group),
+    q = (x * float32(1 / scale)).astype(e4m3) with the product in float32."""
     rows, cols = x32.shape
     if granularity == "tensor":
-        amax = np.abs(x32).max(keepdims=True).reshape(1)
-        s = np.where(amax == 0, np.float32(1), amax / np.float32(448)).astype(np.float32)
+        amax = np.abs(x32).max(keepdims=True).reshape(1).astype(np.float64)
+        s = np.where(amax == 0, 1, amax / 448).astype(np.float32)
         full = np.broadcast_to(s.reshape(1, 1), x32.shape)
     elif granularity == "channel":
-        amax = np.abs(x32).max(axis=1, keepdims=True)
-        s = np.where(amax == 0, np.float32(1), amax / np.float32(448)).astype(np.float32)
+        amax = np.abs(x32).max(axis=1, keepdims=True).astype(np.float64)
+        s = np.where(amax == 0, 1, amax / 448).astype(np.float32)
         full = np.broadcast_to(s, x32.shape)
     else:
         br, bc = block
@@ -158,10 +159,10 @@ def reference_quantize(x32: np.ndarray, granularity: str, block=(128, 128)):
         s = np.empty((nr, nc), np.float32)
         for i in range(nr):
             for j in range(nc):
-                a = np.abs(x32[i * br:(i + 1) * br, j * bc:(j + 1) * bc]).max()
-                s[i, j] = 1 if a == 0 else a / np.float32(448)
+                a = float(np.abs(x32[i * br:(i + 1) * br, j * bc:(j + 1) * bc]).max())
+                s[i, j] = 1 if a == 0 else np.float32(a / 448)
         full = np.repeat(np.repeat(s, br, 0), bc, 1)[:rows, :cols]
-    q = (x32 / full).astype(ml_dtypes.float8_e4m3fn)
+    q = (x32 * (np.float32(1) / full)).astype(ml_dtypes.float8_e4m3fn)
     return q, s
 
 
@@ -269,6 +270,37 @@ def test_threads_do_not_change_the_output(tmp_path, threads):
             ck.quantize(str(src), str(out), granularity=g, quiet=True)
             outs.append((g, out.read_bytes()))
     assert outs[:3] == outs[3:]
+
+
+def test_stochastic_rounding_is_seeded_and_picks_a_neighbour(tmp_path, threads):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 200)).astype(np.float32)
+    src = tmp_path / "m.safetensors"
+    write_raw(str(src), {"a.weight": x, "b.weight": x})
+    outs = {}
+    for n, seed in ((1, 5), (2, 5), (2, 6)):
+        fp8fast.set_num_threads(n)
+        out = tmp_path / f"s{n}-{seed}.safetensors"
+        ck.quantize(str(src), str(out), rounding="stochastic", seed=seed, quiet=True)
+        outs[(n, seed)] = fp8fast.load_file(out)
+    a1, a2, a6 = outs[(1, 5)], outs[(2, 5)], outs[(2, 6)]
+    assert a1["a.weight"].tobytes() == a2["a.weight"].tobytes()  # thread count does not matter
+    assert a1["a.weight"].tobytes() != a6["a.weight"].tobytes()  # the seed does
+    assert a1["a.weight"].tobytes() != a1["b.weight"].tobytes()  # each tensor its own stream
+    near, s = reference_quantize(x, "channel")
+    np.testing.assert_array_equal(a1["a.weight_scale"], s)
+    # Each code is the nearest one or the neighbour on the other side of x * inv: one code
+    # step further in magnitude if |x * inv| is above the nearest value, one below otherwise.
+    scaled = x.astype(np.float64) * (np.float32(1) / s).astype(np.float64)
+    cn = near.view(np.uint8).astype(np.int32)
+    qn = near.astype(np.float64)
+    step = np.sign(np.abs(scaled) - np.abs(qn)).astype(np.int32)
+    sign_bit = np.where(scaled < 0, 0x80, 0)
+    other = sign_bit | ((cn & 0x7F) + step)
+    c = a1["a.weight"].view(np.uint8).astype(np.int32)
+    q = a1["a.weight"].astype(np.float64)
+    assert ((c == cn) | ((step != 0) & (c == other))).all()
+    assert (q != qn).mean() > 0.05
 
 
 # ---------------------------------------------------------------------------------------------

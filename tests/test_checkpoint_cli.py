@@ -66,6 +66,11 @@ def test_quantize_dequantize_inspect_succeed(tmp_path, capsys, model):
                          "--block", "32x32", "-q")
     assert code == 0 and err == ""
     assert json.loads((tmp_path / "qb" / "config.json").read_text())["quantization_config"]["weight_block_size"] == [32, 32]
+    for k in (1, 2):
+        code, _, err = run(capsys, "quantize", str(model), str(tmp_path / f"qs{k}"), "-q",
+                           "--rounding", "stochastic", "--seed", "3")
+        assert code == 0, err
+    assert tree(tmp_path / "qs1") == tree(tmp_path / "qs2")
     code, out, err = run(capsys, "dequantize", str(q), str(b), "--dtype", "bf16", "-q")
     assert code == 0, err
     code, out, err = run(capsys, "inspect", str(q))

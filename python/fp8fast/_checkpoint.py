@@ -564,8 +564,12 @@ def quantize(
         raise ValueError(f"unknown format {fmt!r}: expected e4m3 or e5m2")
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"unknown rounding {rounding!r}: expected nearest or stochastic")
-    if rounding == "stochastic":
-        raise ValueError("--rounding stochastic needs the quantization module, which is not in this build yet")
+    if rounding == "stochastic" and seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    elif rounding == "nearest":
+        seed = None
+    elif not 0 <= seed < 2**64:
+        raise ValueError(f"--seed {seed}: expected 0 <= seed < 2^64")
     t0 = time.perf_counter()
     ck = open_checkpoint(src)
     if ck.config is not None and "quantization_config" in ck.config:
@@ -588,7 +592,7 @@ def quantize(
         if ck.single_file:
             s = ck.shards[0]
             r = _core.quantize_file(ck.path(s), dst, targets[s], fmt, granularity, block, layout,
-                                    None, force, bar)
+                                    None, force, bar, seed)
             bar.finish()
             return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
@@ -611,7 +615,7 @@ def quantize(
                 plans[s] = names
             for s in shards:
                 r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
-                                        layout, None, force or shard is None, bar)
+                                        layout, None, force or shard is None, bar, seed)
                 rows = ck.headers[s][1]
                 bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
                 files.append(out.file(s))

@@ -29,6 +29,7 @@ pub use writer::{OutTensor, SafetensorsWriter};
 
 use crate::error::{Error, Result};
 use crate::format::Format;
+pub use crate::quant::Rounding;
 
 /// Where the scales of a quantized checkpoint go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,19 @@ pub struct QuantizeOptions {
     pub granularity: Granularity,
     /// Scale naming / layout.
     pub layout: Layout,
+    /// Nearest, or stochastic with a seed; each tensor's stream is keyed by the seed and the
+    /// tensor's name (see [`tensor_seed`]), so results do not depend on sharding or threads.
+    pub rounding: Rounding,
+}
+
+/// The stochastic-rounding seed of tensor `name`: `seed` mixed with the FNV-1a hash of the
+/// name, so that equal tensors in different places get independent draws.
+pub fn tensor_seed(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    seed ^ h
 }
 
 /// Progress of a conversion: tensors and source bytes done out of the totals.
@@ -300,18 +314,24 @@ pub fn quantize_file(
             let Scratch { input, output } = &mut scratch;
             let codes = view::<u8>(output, t.numel());
             let (fmt, g) = (opts.format, opts.granularity);
+            let rounding = match opts.rounding {
+                Rounding::Stochastic { seed } => Rounding::Stochastic {
+                    seed: tensor_seed(seed, &t.name),
+                },
+                nearest => nearest,
+            };
             let scales = match t.dtype {
                 Dtype::BF16 => {
                     let x = read_into::<bf16>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
                 }
                 Dtype::F16 => {
                     let x = read_into::<f16>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
                 }
                 _ => {
                     let x = read_into::<f32>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, codes)?
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
                 }
             };
             w.write(codes)?;
@@ -686,7 +706,8 @@ pub fn tensor_report(
     } else if let Some((fmt, g)) = error {
         if t.shape.len() == 2 && fmt_of(t.dtype).is_none() {
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let (codes, scales) = scaled::quantize_weight(&values, rows, cols, fmt, g)?;
+            let (codes, scales) =
+                scaled::quantize_weight(&values, rows, cols, fmt, g, Rounding::Nearest)?;
             let scales: Vec<f64> = scales.into_iter().map(f64::from).collect();
             let mut y = vec![0f32; codes.len()];
             scaled::dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut y)?;

@@ -1,26 +1,26 @@
 //! Scaled quantization and dequantization of one 2-D weight, as the checkpoint drivers need it.
 //!
-//! TEMPORARY: the scaled encode (`quantize_weight`) is a stand-in for the quantization module
-//! (issue 3, branch `quant`), which will own the fused, SIMD, stochastic-rounding versions; when
-//! it lands, `quantize_weight` becomes a thin call into it. Its semantics here are the
-//! DESIGN.md §4 ones: scale = amax / max_normal over the group (NaN and ±Inf ignored in the
-//! amax; an all-zero group gets scale 1), codes = saturating encode of `x / scale` computed in
-//! float32 (so ±Inf saturates to ±max and NaN stays NaN).
+//! Quantization is the quantization module's ([`crate::quant::quantize`]): scale =
+//! float32(amax / max_normal) per group (NaN and ±Inf ignored in the amax; an all-zero group
+//! gets scale 1), codes = saturating encode of `x * float32(1 / scale)`, nearest or stochastic
+//! rounding.
 //!
-//! Dequantization is exact: `decode(q) * scale` is formed in float64 (a 4-bit by 24-bit
-//! product, so exact) and rounded once to the output type. Rounding to bfloat16/float16 goes
-//! through float32 with round-to-odd, which is equivalent to a single rounding because float32
-//! keeps more than two extra bits (Boldo & Melquiond, "Emulation of FMA and correctly rounded
-//! sums: proved algorithms using rounding to odd", 2008). Each group has one scale, so the 256
-//! possible results are tabulated once per group and the conversion is a table lookup per
-//! byte: exact and as fast as a copy.
+//! Dequantization is done here, exactly: `decode(q) * scale` is formed in float64 (a 4-bit by
+//! 24-bit product, so exact) and rounded once to the output type. (The quantization module's
+//! `dequantize` forms the product in float32 and rounds that to bfloat16/float16, which can
+//! round twice; a checkpoint converter should give the values a float64 reference gives.)
+//! Rounding to bfloat16/float16 goes through float32 with round-to-odd, which is equivalent to
+//! a single rounding because float32 keeps more than two extra bits (Boldo & Melquiond,
+//! "Emulation of FMA and correctly rounded sums: proved algorithms using rounding to odd",
+//! 2008). Each group has one scale, so the 256 possible results are tabulated once per group
+//! and the conversion is a table lookup per byte: exact and about as fast as a copy.
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
-use crate::arch::codec_kernels;
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::quant::{self, Rounding};
 use crate::scalar;
 use crate::threads;
 
@@ -82,136 +82,16 @@ impl Granularity {
     }
 }
 
-/// A high-precision source element type of a weight.
-pub trait Source: Copy + Default + Send + Sync + bytemuck::Pod {
-    /// Widen a slice to float32 (exact for every implementor).
-    fn widen(src: &[Self], dst: &mut [f32]);
-    /// Largest finite magnitude (NaN and ±Inf ignored; 0 for none), as float32 (exact).
-    fn amax(src: &[Self]) -> f32;
-}
+/// A high-precision source element type of a weight (bfloat16, float16, float32).
+pub trait Source: crate::quant::QuantInput + bytemuck::Pod {}
 
-// For IEEE-style formats, the bit patterns of non-negative values order like the values, and
-// every pattern at or above the infinity pattern is Inf or NaN. So the finite amax is an
-// integer max over `bits & !sign` with the non-finite patterns mapped to 0: branch-free and
-// vectorized, with no float NaN semantics in the way.
-macro_rules! int_amax {
-    ($src:expr, $bits:ty, $abs_mask:expr, $inf:expr) => {{
-        let mut m: $bits = 0;
-        for v in $src {
-            let a = v.to_bits() & $abs_mask;
-            m = m.max(if a < $inf { a } else { 0 });
-        }
-        m
-    }};
-}
-
-impl Source for f32 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-    fn amax(src: &[Self]) -> f32 {
-        f32::from_bits(int_amax!(src, u32, 0x7FFF_FFFF, 0x7F80_0000))
-    }
-}
-
-impl Source for bf16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-    fn amax(src: &[Self]) -> f32 {
-        bf16::from_bits(int_amax!(src, u16, 0x7FFF, 0x7F80)).to_f32()
-    }
-}
-
-impl Source for f16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-    fn amax(src: &[Self]) -> f32 {
-        f16::from_bits(int_amax!(src, u16, 0x7FFF, 0x7C00)).to_f32()
-    }
-}
-
-/// Elements widened at a time (stack buffer).
-const STRIP: usize = 1024;
+impl Source for f32 {}
+impl Source for bf16 {}
+impl Source for f16 {}
 
 fn rows_per_task(rows: usize, cols: usize, align: usize) -> usize {
     let per = threads::chunk_len(rows.saturating_mul(cols.max(1)), 1).div_ceil(cols.max(1));
     per.max(1).div_ceil(align) * align
-}
-
-/// Largest finite magnitude of a slice (NaN and ±Inf ignored; 0 for none).
-fn amax_slice<T: Source>(x: &[T]) -> f32 {
-    T::amax(x)
-}
-
-fn scale_from_amax(amax: f32, fmt: Format) -> f32 {
-    if amax == 0.0 {
-        1.0
-    } else {
-        // amax / max_normal, clamped away from 0 so that x / scale stays finite for subnormal amax.
-        (amax / fmt.max_normal() as f32).max(f32::MIN_POSITIVE)
-    }
-}
-
-/// The per-group scales of a `(rows, cols)` weight (dequantization multipliers, float32).
-pub fn compute_scales<T: Source>(
-    x: &[T],
-    rows: usize,
-    cols: usize,
-    fmt: Format,
-    g: Granularity,
-) -> Result<Vec<f32>> {
-    g.check()?;
-    if g == Granularity::Mx {
-        return Err(Error::value(
-            "MX quantization of checkpoints is not supported yet",
-        ));
-    }
-    check_dims(x.len(), rows, cols)?;
-    let amax: Vec<f32> = match g {
-        Granularity::Tensor => {
-            let chunk = threads::chunk_len(x.len(), 1).max(1);
-            let parts: Vec<f32> = threads::run(|| x.par_chunks(chunk).map(amax_slice).collect());
-            vec![parts.into_iter().fold(0f32, f32::max)]
-        }
-        Granularity::Channel => {
-            if cols == 0 {
-                vec![0.0; rows]
-            } else {
-                let per = rows_per_task(rows, cols, 1);
-                let parts: Vec<Vec<f32>> = threads::run(|| {
-                    x.par_chunks(per * cols)
-                        .map(|c| c.chunks(cols).map(amax_slice).collect())
-                        .collect()
-                });
-                parts.concat()
-            }
-        }
-        Granularity::Block(br, bc) => {
-            let ncb = cols.div_ceil(bc);
-            if cols == 0 {
-                vec![0.0; 0]
-            } else {
-                let parts: Vec<Vec<f32>> = threads::run(|| {
-                    x.par_chunks(br * cols)
-                        .map(|band| {
-                            let mut m = vec![0f32; ncb];
-                            for row in band.chunks(cols) {
-                                for (j, seg) in row.chunks(bc).enumerate() {
-                                    m[j] = m[j].max(amax_slice(seg));
-                                }
-                            }
-                            m
-                        })
-                        .collect()
-                });
-                parts.concat()
-            }
-        }
-        Granularity::Mx => unreachable!("rejected above"),
-    };
-    Ok(amax.into_iter().map(|a| scale_from_amax(a, fmt)).collect())
 }
 
 fn check_dims(len: usize, rows: usize, cols: usize) -> Result<()> {
@@ -231,9 +111,10 @@ pub fn quantize_weight<T: Source>(
     cols: usize,
     fmt: Format,
     g: Granularity,
+    rounding: Rounding,
 ) -> Result<(Vec<u8>, Vec<f32>)> {
     let mut codes = vec![0u8; x.len()];
-    let scales = quantize_weight_into(x, rows, cols, fmt, g, &mut codes)?;
+    let scales = quantize_weight_into(x, rows, cols, fmt, g, rounding, &mut codes)?;
     Ok((codes, scales))
 }
 
@@ -245,47 +126,25 @@ pub fn quantize_weight_into<T: Source>(
     cols: usize,
     fmt: Format,
     g: Granularity,
+    rounding: Rounding,
     codes: &mut [u8],
 ) -> Result<Vec<f32>> {
-    let scales = compute_scales(x, rows, cols, fmt, g)?;
-    if codes.len() != x.len() {
-        return Err(Error::value("code buffer length differs from the input's"));
-    }
-    if x.is_empty() {
-        return Ok(scales);
-    }
-    let encode = codec_kernels().encode_f32;
-    let align = match g {
-        Granularity::Block(br, _) => br,
-        _ => 1,
+    g.check()?;
+    check_dims(x.len(), rows, cols)?;
+    let qg = match g {
+        Granularity::Tensor => quant::Granularity::Tensor,
+        Granularity::Channel => quant::Granularity::Channel { axis: 0 },
+        Granularity::Block(br, bc) => quant::Granularity::Block { rows: br, cols: bc },
+        Granularity::Mx => {
+            return Err(Error::value(
+                "MX quantization of checkpoints is not supported (no loader reads it yet)",
+            ))
+        }
     };
-    let per = rows_per_task(rows, cols, align);
-    let scales_ref = &scales;
-    threads::run(|| {
-        x.par_chunks(per * cols)
-            .zip(codes.par_chunks_mut(per * cols))
-            .enumerate()
-            .for_each(|(task, (xs, qs))| {
-                let mut buf = [0f32; STRIP];
-                let row0 = task * per;
-                for (i, (xr, qr)) in xs.chunks(cols).zip(qs.chunks_mut(cols)).enumerate() {
-                    let r = row0 + i;
-                    let mut c = 0;
-                    while c < cols {
-                        let end = g.run_end(c, cols).min(c + STRIP);
-                        let s = scales_ref[g.scale_index(r, c, cols)];
-                        let b = &mut buf[..end - c];
-                        T::widen(&xr[c..end], b);
-                        for v in b.iter_mut() {
-                            *v /= s;
-                        }
-                        encode(b, &mut qr[c..end], fmt, true);
-                        c = end;
-                    }
-                }
-            });
-    });
-    Ok(scales)
+    match quant::quantize(x, &[rows, cols], fmt, qg, rounding, codes)? {
+        quant::Scales::F32(s) => Ok(s),
+        quant::Scales::E8M0(_) => Err(Error::value("unexpected E8M0 scales")),
+    }
 }
 
 /// An output element type of dequantization.
@@ -525,14 +384,18 @@ mod tests {
                 if a == 0.0 {
                     1.0
                 } else {
-                    a / fmt.max_normal() as f32
+                    // The quotient rounded once to float32 (exact in float64 first: a has 24
+                    // significant bits, 448 and 57344 are small integers... the float64
+                    // quotient is not exact, but its float32 rounding is what the quant
+                    // module documents).
+                    (f64::from(a) / fmt.max_normal()) as f32
                 }
             })
             .collect();
         let codes = (0..rows * cols)
             .map(|k| {
                 let s = scales[g.scale_index(k / cols, k % cols, cols)];
-                scalar::encode_f32(x[k] / s, fmt, true)
+                scalar::encode_f32(x[k] * (1.0 / s), fmt, true)
             })
             .collect();
         (codes, scales)
@@ -556,7 +419,8 @@ mod tests {
             ] {
                 for threads in [1, 2] {
                     threads::set_num_threads(threads).unwrap();
-                    let (q, s) = quantize_weight(&x, rows, cols, fmt, g).unwrap();
+                    let (q, s) =
+                        quantize_weight(&x, rows, cols, fmt, g, Rounding::Nearest).unwrap();
                     let (rq, rs) = reference(&x, rows, cols, fmt, g);
                     assert_eq!(s, rs, "{fmt} {g:?}");
                     assert_eq!(q, rq, "{fmt} {g:?}");
@@ -567,7 +431,15 @@ mod tests {
         }
         let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
         let xw: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
-        let (q, s) = quantize_weight(&xb, rows, cols, Format::E4M3, Granularity::Channel).unwrap();
+        let (q, s) = quantize_weight(
+            &xb,
+            rows,
+            cols,
+            Format::E4M3,
+            Granularity::Channel,
+            Rounding::Nearest,
+        )
+        .unwrap();
         assert_eq!(
             (q, s),
             reference(&xw, rows, cols, Format::E4M3, Granularity::Channel)
@@ -654,8 +526,24 @@ mod tests {
 
     #[test]
     fn bad_dimensions_are_errors() {
-        assert!(quantize_weight(&[1f32; 6], 4, 2, Format::E4M3, Granularity::Tensor).is_err());
-        assert!(quantize_weight(&[1f32; 6], 3, 2, Format::E4M3, Granularity::Block(0, 2)).is_err());
+        assert!(quantize_weight(
+            &[1f32; 6],
+            4,
+            2,
+            Format::E4M3,
+            Granularity::Tensor,
+            Rounding::Nearest
+        )
+        .is_err());
+        assert!(quantize_weight(
+            &[1f32; 6],
+            3,
+            2,
+            Format::E4M3,
+            Granularity::Block(0, 2),
+            Rounding::Nearest
+        )
+        .is_err());
         let mut o = [0f32; 6];
         assert!(dequantize_weight(
             &[0u8; 6],

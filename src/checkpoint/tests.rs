@@ -76,6 +76,7 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
             format: Format::E4M3,
             granularity: g,
             layout,
+            rounding: Rounding::Nearest,
         };
         let s = quantize_file(&src, &q, &targets, opts, None, false, &mut noop).unwrap();
         assert_eq!(s.converted.len(), 2);
@@ -207,6 +208,7 @@ fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
         format: Format::E4M3,
         granularity: Granularity::Channel,
         layout: Layout::CompressedTensors,
+        rounding: Rounding::Nearest,
     };
     let e = quantize_file(&src, &src, &[], opts, None, true, &mut noop).unwrap_err();
     assert!(e.to_string().contains("is the source"), "{e}");

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::checkpoint::{
-    self, file, Granularity, Layout, OutDtype, OutTensor, Progress, QuantizeOptions,
+    self, file, Granularity, Layout, OutDtype, OutTensor, Progress, QuantizeOptions, Rounding,
     SafetensorsFile, SafetensorsWriter, Summary,
 };
 use crate::error::Error;
@@ -157,7 +157,7 @@ fn parse_granularity(name: &str, block: (usize, usize)) -> PyResult<Granularity>
 
 /// Quantize the tensors `targets` of the file `src` into `dst` (see `checkpoint::quantize_file`).
 #[pyfunction]
-#[pyo3(signature = (src, dst, targets, fmt, granularity, block, layout, metadata=None, overwrite=false, progress=None))]
+#[pyo3(signature = (src, dst, targets, fmt, granularity, block, layout, metadata=None, overwrite=false, progress=None, seed=None))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_file<'py>(
     py: Python<'py>,
@@ -171,6 +171,7 @@ fn quantize_file<'py>(
     metadata: Option<HashMap<String, String>>,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
+    seed: Option<u64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let format: Format = fmt.parse()?;
     let granularity = parse_granularity(granularity, block)?;
@@ -188,6 +189,7 @@ fn quantize_file<'py>(
         format,
         granularity,
         layout,
+        rounding: seed.map_or(Rounding::Nearest, |seed| Rounding::Stochastic { seed }),
     };
     let s = with_progress(py, progress, |cb| {
         checkpoint::quantize_file(&src, &dst, &targets, opts, metadata, overwrite, cb)
