@@ -111,6 +111,18 @@ def test_files_we_write_open_with_the_safetensors_package(tmp_path):
             assert_same(f.get_tensor(k), t[k])
 
 
+def test_empty_file_with_empty_metadata_round_trips(tmp_path):
+    # The header fuzzer's find: no tensors and an empty __metadata__ once gave invalid JSON.
+    p = tmp_path / "e.safetensors"
+    fp8fast.save_file({}, p, metadata={})
+    assert fp8fast.load_file(p) == {}
+    with fp8fast.safe_open(p) as f:
+        assert f.keys() == [] and f.metadata() == {}
+    safetensors = pytest.importorskip("safetensors")
+    with safetensors.safe_open(str(p), framework="np") as f:
+        assert list(f.keys()) == []
+
+
 def test_save_file_errors(tmp_path):
     with pytest.raises(TypeError, match="complex128"):
         fp8fast.save_file({"x": np.zeros(2, np.complex128)}, tmp_path / "x.safetensors")
