@@ -39,6 +39,7 @@ def quantize_file(
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
     progress: object | None = None,
+    seed: int | None = None,
 ) -> dict[str, object]: ...
 def dequantize_file(
     src: str,
