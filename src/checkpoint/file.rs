@@ -445,9 +445,11 @@ pub(crate) mod tests {
     }
 
     fn open_bytes(bytes: &[u8]) -> Result<SafetensorsFile> {
-        let dir = std::env::temp_dir().join(format!("fp8fast-file-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("t{}.safetensors", rand_suffix()));
+        let p = std::env::temp_dir().join(format!(
+            "fp8fast-file-test-{}-{}.safetensors",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::write(&p, bytes).unwrap();
         let r = SafetensorsFile::open(&p);
         std::fs::remove_file(&p).unwrap();
