@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod checkpoint;
 pub mod convert;
 pub mod error;
 pub mod format;

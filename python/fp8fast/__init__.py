@@ -23,6 +23,7 @@ from ._codec import (
     to_e4m3,
     to_e5m2,
 )
+from ._checkpoint import load_file, safe_open, save_file
 from ._gemm import linear, matmul
 from ._quant import QuantError, amax, dequantize, quant_error, quantize
 from ._config import (
@@ -51,9 +52,12 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "linear",
+    "load_file",
     "matmul",
     "quant_error",
     "quantize",
+    "safe_open",
+    "save_file",
     "set_isa",
     "set_num_threads",
     "show_config",

@@ -17,6 +17,47 @@ def get_num_threads() -> int: ...
 def encode_into(src: np.ndarray, dst: npt.NDArray[np.uint8], fmt: str, saturate: bool) -> None: ...
 def decode_into(src: npt.NDArray[np.uint8], dst: np.ndarray, fmt: str) -> None: ...
 
+# --- checkpoints (safetensors) ------------------------------------------------------
+# Header validation; rows are (name, dtype, shape, start, end) with absolute file offsets.
+def read_header(
+    path: str,
+) -> tuple[int, list[tuple[str, str, list[int], int, int]], dict[str, str] | None]: ...
+def write_file(
+    path: str,
+    tensors: list[tuple[str, str, list[int], npt.NDArray[np.uint8]]],
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = True,
+) -> None: ...
+def quantize_file(
+    src: str,
+    dst: str,
+    targets: list[str],
+    fmt: str,
+    granularity: str,
+    block: tuple[int, int],
+    layout: str,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+    progress: object | None = None,
+    seed: int | None = None,
+) -> dict[str, object]: ...
+def dequantize_file(
+    src: str,
+    dst: str,
+    dtype: str,
+    scale_files: list[str] = ...,
+    block: tuple[int, int] | None = None,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+    progress: object | None = None,
+) -> dict[str, object]: ...
+def tensor_report(
+    paths: list[str],
+    name: str,
+    block: tuple[int, int] | None = None,
+    error: tuple[str, str, tuple[int, int]] | None = None,
+    source: str | None = None,
+) -> dict[str, float | str | None]: ...
 # --- quantization (src/py/quant.rs) ---------------------------------------------------
 def quantize(
     x: np.ndarray,

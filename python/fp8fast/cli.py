@@ -209,6 +209,11 @@ def _positive_int(text: str) -> int:
 # Hooks through which other parts of the package add subcommands: each gets the subparsers.
 SUBCOMMAND_HOOKS: list = []
 
+from . import cli_checkpoint as _cli_checkpoint  # noqa: E402  (the checkpoint subcommands)
+
+SUBCOMMAND_HOOKS.append(_cli_checkpoint.add_subcommands)
+DEMO_STEPS.append(_cli_checkpoint.demo_step)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fp8fast`` command."""

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 
+mod checkpoint;
 mod codec;
 mod config;
 mod gemm;
@@ -33,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     config::register(m)?;
     codec::register(m)?;
     gemm::register(m)?;
+    checkpoint::register(m)?;
     quant::register(m)?;
     Ok(())
 }

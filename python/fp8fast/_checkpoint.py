@@ -1,0 +1,865 @@
+"""safetensors I/O with FP8 support, and the checkpoint conversions behind ``fp8fast quantize``,
+``fp8fast dequantize`` and ``fp8fast inspect``.
+
+Every file's header is validated in Rust (``fp8fast._core.read_header``) before any tensor
+byte is touched. Tensors are then exposed zero-copy: a read-only numpy array over a Python
+``mmap`` of the file, at offsets Rust has checked against the file size (the simplest robust
+way: numpy keeps the mmap alive through the array's ``base``, no ``unsafe`` code is needed, and
+arrays stay valid after the file object is closed). Writing goes through Rust's streaming,
+atomic writer (temporary name in the destination folder, fsync, rename).
+
+The conversions process one shard at a time, one tensor at a time, in Rust with the GIL
+released; this module finds the shards, picks the tensors to quantize, and rewrites
+``config.json`` and ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+
+__all__ = ["load_file", "save_file", "safe_open", "quantize", "dequantize", "inspect"]
+
+#: safetensors dtype name -> numpy dtype (FP8 and bfloat16 through ml_dtypes).
+DTYPES: Dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "C64": np.dtype("<c8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+_NAMES: Dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
+# Big-endian and native spellings of the same types.
+for _k, _v in list(DTYPES.items()):
+    _NAMES.setdefault(_v.newbyteorder("="), _k)
+
+
+def _dtype_of(path: str, name: str, dtype: str) -> np.dtype:
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise TypeError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy cannot represent") from None
+
+
+class safe_open:
+    """Lazy, zero-copy access to the tensors of a safetensors file, by name.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.safetensors`` file. Its header is validated on opening.
+    framework : str, optional
+        Only ``"numpy"`` / ``"np"`` (accepted for compatibility with ``safetensors.safe_open``).
+
+    Examples
+    --------
+    >>> with fp8fast.safe_open("model.safetensors") as f:   # doctest: +SKIP
+    ...     w = f.get_tensor("layers.0.q_proj.weight")
+    """
+
+    def __init__(self, path: "os.PathLike[str] | str", framework: str = "numpy") -> None:
+        if framework not in ("numpy", "np"):
+            raise ValueError(f"framework {framework!r} is not supported: fp8fast returns numpy arrays")
+        self._path = os.fspath(path)
+        file_len, rows, meta = _core.read_header(self._path)
+        self._meta = meta
+        self._entries = {r[0]: r for r in rows}
+        self._order = [r[0] for r in rows]
+        with open(self._path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size != file_len:
+                raise ValueError(f"{self._path}: the file changed size while it was opened")
+            # mmap cannot map an empty range; a file with no tensor data needs no map.
+            self._map: Optional[mmap.mmap] = (
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if file_len > 0 else None
+            )
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop this object's reference to the map (arrays already returned stay valid)."""
+        self._map = None
+
+    def keys(self) -> List[str]:
+        """Tensor names in file order."""
+        return list(self._order)
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The header's ``__metadata__`` map, or None."""
+        return None if self._meta is None else dict(self._meta)
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a read-only numpy array viewing the file's memory map."""
+        try:
+            _, dtype, shape, start, end = self._entries[name]
+        except KeyError:
+            raise KeyError(f"{self._path}: no tensor {name!r}") from None
+        dt = _dtype_of(self._path, name, dtype)
+        count = (end - start) // dt.itemsize
+        if count == 0 or self._map is None:
+            if self._map is None and count:
+                raise ValueError(f"{self._path}: file is closed")
+            return np.zeros(shape, dt)
+        arr = np.frombuffer(self._map, dtype=dt, count=count, offset=start)
+        return arr.reshape(shape)
+
+
+def load_file(path: "os.PathLike[str] | str", *, copy: bool = False) -> Dict[str, np.ndarray]:
+    """Load every tensor of a safetensors file as numpy arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file. Its header is fully validated first (sizes, offsets, dtypes, overlaps).
+    copy : bool, default False
+        False: read-only arrays viewing a memory map of the file (zero-copy; the map lives as
+        long as any array). True: writable in-memory copies.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        In file order. FP8 tensors have the ml_dtypes dtypes ``float8_e4m3fn``,
+        ``float8_e5m2``, ``float8_e8m0fnu``; BF16 is ``ml_dtypes.bfloat16``.
+
+    Raises
+    ------
+    ValueError
+        Malformed file (the message names the file and the tensor).
+    TypeError
+        A tensor of a dtype numpy cannot hold (F4, F6).
+    OSError
+        The file cannot be read.
+    """
+    with safe_open(path) as f:
+        out = {k: f.get_tensor(k) for k in f.keys()}
+    if copy:
+        out = {k: np.array(v) for k, v in out.items()}
+    return out
+
+
+def save_file(
+    tensors: Mapping[str, Any],
+    path: "os.PathLike[str] | str",
+    metadata: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write numpy arrays to a safetensors file, atomically.
+
+    Parameters
+    ----------
+    tensors : mapping of str to array-like
+        Tensors of the dtypes in :data:`DTYPES` (FP8 as ml_dtypes arrays). Written in the
+        mapping's order, C-contiguous, little-endian.
+    path : str or os.PathLike
+        Destination; written under a temporary name in the same folder, synced, then renamed,
+        so a failure leaves the previous file (or none) in place.
+    metadata : mapping of str to str, optional
+        The header's ``__metadata__``.
+    """
+    if metadata is not None:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"metadata must map str to str; bad entry {bad[0]!r}")
+        metadata = dict(metadata)
+    rows = []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {name!r}")
+        a = np.asarray(value)
+        dt = a.dtype
+        key = _NAMES.get(dt) or _NAMES.get(dt.newbyteorder("="))
+        if key is None:
+            raise TypeError(f"tensor {name!r}: dtype {dt} has no safetensors equivalent")
+        a = np.asarray(a, dtype=DTYPES[key], order="C")  # (ascontiguousarray would make 0-d 1-d)
+        rows.append((name, key, list(a.shape), a.reshape(-1).view(np.uint8)))
+    _core.write_file(os.fspath(path), rows, metadata, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: files, sharded checkpoints and model directories.
+
+INDEX_NAME = "model.safetensors.index.json"
+
+#: Weights that are not Linear layers: never quantized, not listed in compressed-tensors' ignore.
+NOT_LINEAR = (r"embed", r"norm")
+#: Linear layers left in high precision by default (listed in the ignore list): the output
+#: head and MoE routers (``mlp.gate``), as in the published FP8 checkpoints.
+DEFAULT_IGNORE = (r"(^|\.)lm_head\.", r"(^|\.)gate\.weight$")
+
+@dataclass
+class Checkpoint:
+    """A resolved source: its folder, shard files (names relative to ``root``), optional
+    index and config, and the other files of a model directory."""
+
+    root: str
+    shards: List[str]
+    single_file: bool
+    index: Optional[Dict[str, Any]] = None
+    config: Optional[Dict[str, Any]] = None
+    extra_files: List[str] = field(default_factory=list)
+    headers: Dict[str, Tuple[int, list, Optional[Dict[str, str]]]] = field(default_factory=dict)
+
+    def path(self, shard: str) -> str:
+        return os.path.join(self.root, shard)
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            v = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(v, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return v
+
+
+def open_checkpoint(src: str) -> Checkpoint:
+    """Resolve ``src`` (a ``.safetensors`` file, an index JSON or a model directory) and
+    validate every shard's header."""
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"{src}: no such file or directory")
+    if os.path.isdir(src):
+        root = src
+        names = sorted(os.listdir(src))
+        config = _read_json(os.path.join(src, "config.json")) if "config.json" in names else None
+        if INDEX_NAME in names:
+            index = _read_json(os.path.join(src, INDEX_NAME))
+            wm = index.get("weight_map")
+            if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+                raise ValueError(f"{os.path.join(src, INDEX_NAME)}: no valid \"weight_map\"")
+            shards = sorted(set(wm.values()))
+        else:
+            index = None
+            shards = [n for n in names if n.endswith(".safetensors")]
+        if not shards:
+            raise ValueError(f"{src}: no .safetensors files in this directory")
+        for s in shards:
+            if os.path.basename(s) != s or s.startswith("."):
+                raise ValueError(f"{src}: shard name {s!r} is not a plain file name")
+        used = set(shards) | {INDEX_NAME, "config.json"}
+        extra = [n for n in names if n not in used and not n.startswith(".")]
+        ck = Checkpoint(root, shards, False, index, config, extra)
+    elif src.endswith(".json"):
+        return open_checkpoint(os.path.dirname(src) or ".")
+    else:
+        ck = Checkpoint(os.path.dirname(src) or ".", [os.path.basename(src)], True)
+    for s in ck.shards:
+        ck.headers[s] = _core.read_header(ck.path(s))
+    if ck.index is not None:
+        for name, shard in ck.index["weight_map"].items():
+            entries = {r[0] for r in ck.headers[shard][1]}
+            if name not in entries:
+                raise ValueError(f"{ck.path(shard)}: the index lists tensor {name!r} here but the file has no such tensor")
+    return ck
+
+
+# --------------------------------------------------------------------------------------------
+# Progress bar.
+
+
+class Progress:
+    """Tensors and bytes done, rate and ETA on one stderr line, when stderr is a terminal."""
+
+    def __init__(self, tensors: int, nbytes: int, label: str, quiet: bool = False) -> None:
+        self.total_tensors, self.total_bytes, self.label = tensors, nbytes, label
+        self.base_tensors = self.base_bytes = 0
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def shard_done(self, tensors: int, nbytes: int) -> None:
+        self.base_tensors += tensors
+        self.base_bytes += nbytes
+
+    def __call__(self, done: int, total: int, bytes_done: int, bytes_total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        t, b = self.base_tensors + done, self.base_bytes + bytes_done
+        if now - self.last < 0.1 and t < self.total_tensors:
+            return
+        self.last = now
+        el = max(now - self.t0, 1e-9)
+        rate = b / el
+        eta = (self.total_bytes - b) / rate if rate > 0 else 0.0
+        frac = b / self.total_bytes if self.total_bytes else 1.0
+        bar = "#" * int(frac * 24)
+        sys.stderr.write(
+            f"\r{self.label} [{bar:<24}] {t}/{self.total_tensors} tensors "
+            f"{b / 2**30:.2f}/{self.total_bytes / 2**30:.2f} GiB {rate / 2**30:.2f} GiB/s ETA {eta:4.0f} s"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Destination handling.
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _single_file_destination(ck: "Checkpoint", dst: str, shard: Optional[Tuple[int, int]]) -> Optional[str]:
+    """For a single-file source: DST itself, or DST/<file name> when DST is a directory; None
+    when ``--shard I/N`` gives this (only) file to another job."""
+    if shard is not None and shard[0] != 1:
+        return None
+    if os.path.isdir(dst):
+        return os.path.join(dst, ck.shards[0])
+    return dst
+
+
+def _check_destination(src: str, dst: str, force: bool) -> None:
+    if os.path.exists(dst) and _same_path(src, dst):
+        raise ValueError(f"destination {dst} is the source: refusing to overwrite the input")
+    rs, rd = os.path.realpath(src), os.path.realpath(dst)
+    if os.path.isdir(src) and rd.startswith(rs.rstrip(os.sep) + os.sep):
+        raise ValueError(f"destination {dst} is inside the source directory {src}")
+    if os.path.lexists(dst) and not force:
+        raise ValueError(f"{dst} already exists (use --force to overwrite)")
+
+
+class _OutputDir:
+    """A model directory written under a temporary name beside ``dst`` and renamed into place
+    by :meth:`commit`; removed on failure. With ``shard`` set (``--shard I/N``) several jobs write
+    into the real ``dst`` instead, each file atomically."""
+
+    def __init__(self, dst: str, force: bool, shared: bool) -> None:
+        self.dst, self.force, self.shared = dst, force, shared
+        if shared:
+            os.makedirs(dst, exist_ok=True)
+            self.path = dst
+        else:
+            parent = os.path.dirname(os.path.abspath(dst))
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"{parent}: no such directory")
+            self.path = os.path.join(parent, f".{os.path.basename(os.path.abspath(dst))}.fp8fast-tmp-{os.getpid()}")
+            if os.path.exists(self.path):
+                shutil.rmtree(self.path)
+            os.mkdir(self.path)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        target = self.file(name)
+        tmp = os.path.join(self.path, f".{name}.fp8fast-tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    def commit(self) -> None:
+        if self.shared:
+            return
+        if os.path.lexists(self.dst):
+            if not self.force:
+                raise ValueError(f"{self.dst} already exists (use --force to overwrite)")
+            if os.path.isdir(self.dst) and not os.path.islink(self.dst):
+                shutil.rmtree(self.dst)
+            else:
+                os.remove(self.dst)
+        os.rename(self.path, self.dst)
+
+    def abort(self) -> None:
+        if not self.shared:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _copy_extra(ck: Checkpoint, out: _OutputDir) -> None:
+    for name in ck.extra_files:
+        s = os.path.join(ck.root, name)
+        if os.path.isdir(s):
+            shutil.copytree(s, out.file(name), dirs_exist_ok=True)
+        else:
+            shutil.copy2(s, out.file(name))
+
+
+def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """Parse ``I/N`` (1 <= I <= N) for ``--shard``."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ValueError(f"--shard {text!r}: expected I/N with 1 <= I <= N")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_block(text: str) -> Tuple[int, int]:
+    """Parse ``RxC`` (e.g. ``128x128``) for ``--block``."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"--block {text!r}: expected ROWSxCOLS, e.g. 128x128")
+    return int(m.group(1)), int(m.group(2))
+
+
+class _Threads:
+    def __init__(self, jobs: Optional[int]) -> None:
+        self.jobs, self.saved = jobs, None
+
+    def __enter__(self) -> None:
+        if self.jobs:
+            self.saved = _core.get_num_threads()
+            _core.set_num_threads(self.jobs)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved:
+            _core.set_num_threads(self.saved)
+
+
+def _selected(ck: Checkpoint, shard: Optional[Tuple[int, int]]) -> List[str]:
+    if shard is None:
+        return list(ck.shards)
+    i, n = shard
+    return [s for k, s in enumerate(ck.shards) if k % n == i - 1]
+
+
+def _totals(ck: Checkpoint, shards: Iterable[str]) -> Tuple[int, int]:
+    t = b = 0
+    for s in shards:
+        rows = ck.headers[s][1]
+        t += len(rows)
+        b += sum(r[4] - r[3] for r in rows)
+    return t, b
+
+
+# --------------------------------------------------------------------------------------------
+# quantize
+
+
+def select_targets(ck: Checkpoint, ignore: Sequence[str] = ()) -> Tuple[Dict[str, List[str]], List[str]]:
+    """Per shard, the tensors ``quantize`` converts; and the Linear modules it leaves alone
+    (compressed-tensors' ``ignore`` list). A target is a 2-D ``*.weight`` of BF16/F16/F32 whose
+    name matches neither :data:`DEFAULT_IGNORE` nor any ``ignore`` regex (``re.search``)."""
+    try:
+        skip = [re.compile(p) for p in (*DEFAULT_IGNORE, *ignore)]
+    except re.error as e:
+        raise ValueError(f"--ignore: invalid regular expression: {e}") from None
+    not_linear = [re.compile(p) for p in NOT_LINEAR]
+    targets: Dict[str, List[str]] = {}
+    skipped = set()
+    for s in ck.shards:
+        targets[s] = []
+        for name, dtype, shape, _, _ in ck.headers[s][1]:
+            if not name.endswith(".weight") or len(shape) != 2 or dtype not in ("BF16", "F16", "F32"):
+                continue
+            if any(p.search(name) for p in not_linear):
+                continue
+            if any(p.search(name) for p in skip):
+                skipped.add(name[: -len(".weight")])
+                continue
+            targets[s].append(name)
+    return targets, sorted(skipped)
+
+
+def quantization_config(
+    fmt: str, granularity: str, block: Tuple[int, int], layout: str, ignore: List[str]
+) -> Dict[str, Any]:
+    """The ``quantization_config`` vLLM / transformers expect for the chosen layout."""
+    if layout == "fp8-block":
+        return {
+            "quant_method": "fp8",
+            "fmt": fmt,
+            "activation_scheme": "dynamic",
+            "weight_block_size": list(block),
+            "modules_to_not_convert": ignore,
+        }
+    weights: Dict[str, Any] = {
+        "num_bits": 8,
+        "type": "float",
+        "strategy": granularity,
+        "symmetric": True,
+        "dynamic": False,
+        "group_size": None,
+        "observer": "minmax",
+    }
+    if granularity == "block":
+        weights["block_structure"] = list(block)
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": weights,
+                "input_activations": None,
+                "output_activations": None,
+            }
+        },
+        "ignore": ignore,
+        "fp8_format": fmt,
+    }
+
+
+def quantize(
+    src: str,
+    dst: str,
+    *,
+    fmt: str = "e4m3",
+    granularity: str = "channel",
+    block: Tuple[int, int] = (128, 128),
+    layout: Optional[str] = None,
+    ignore: Sequence[str] = (),
+    rounding: str = "nearest",
+    seed: Optional[int] = None,
+    jobs: Optional[int] = None,
+    shard: Optional[Tuple[int, int]] = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> Dict[str, Any]:
+    """Quantize a bf16/f16/f32 checkpoint to FP8 (see ``fp8fast quantize --help``).
+
+    Returns a summary dict: ``quantized`` (count), ``files`` written, ``input_bytes``,
+    ``output_bytes``, ``seconds``.
+    """
+    if granularity not in ("tensor", "channel", "block"):
+        raise ValueError(f"unknown granularity {granularity!r}: expected tensor, channel or block")
+    if layout is None:
+        layout = "fp8-block" if granularity == "block" else "compressed-tensors"
+    if layout not in ("compressed-tensors", "fp8-block"):
+        raise ValueError(f"unknown layout {layout!r}: expected compressed-tensors or fp8-block")
+    if layout == "fp8-block" and granularity != "block":
+        raise ValueError("the fp8-block layout stores 2-D block scales: use --granularity block")
+    if fmt not in ("e4m3", "e5m2"):
+        raise ValueError(f"unknown format {fmt!r}: expected e4m3 or e5m2")
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"unknown rounding {rounding!r}: expected nearest or stochastic")
+    if rounding == "stochastic" and seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    elif rounding == "nearest":
+        seed = None
+    elif not 0 <= seed < 2**64:
+        raise ValueError(f"--seed {seed}: expected 0 <= seed < 2^64")
+    t0 = time.perf_counter()
+    ck = open_checkpoint(src)
+    if ck.config is not None and "quantization_config" in ck.config:
+        raise ValueError(f"{src}: config.json already has a quantization_config: the checkpoint is already quantized")
+    if ck.single_file:
+        dst = _single_file_destination(ck, dst, shard)
+        if dst is None:
+            return {"quantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
+        shard = None
+    _check_destination(src, dst, force or shard is not None)
+    targets, skipped = select_targets(ck, ignore)
+    shards = _selected(ck, shard)
+    tensors, nbytes = _totals(ck, shards)
+    bar = Progress(tensors, nbytes, "quantize", quiet)
+    files: List[str] = []
+    out_bytes = 0
+    quantized = 0
+    qc = quantization_config(fmt, granularity, block, layout, skipped)
+    with _Threads(jobs):
+        if ck.single_file:
+            s = ck.shards[0]
+            r = _core.quantize_file(ck.path(s), dst, targets[s], fmt, granularity, block, layout,
+                                    None, force, bar, seed)
+            bar.finish()
+            return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
+                    "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
+        out = _OutputDir(dst, force, shard is not None)
+        try:
+            plans: Dict[str, List[str]] = {}
+            total_size = 0
+            for s in ck.shards:
+                names = []
+                for name, _, shape, start, end in ck.headers[s][1]:
+                    names.append(name)
+                    if name in targets[s]:
+                        rows_, cols_ = shape
+                        names.append(name + ("_scale_inv" if layout == "fp8-block" else "_scale"))
+                        nscale = {"tensor": 1, "channel": rows_,
+                                  "block": -(-rows_ // block[0]) * -(-cols_ // block[1])}[granularity]
+                        total_size += rows_ * cols_ + 4 * nscale
+                    else:
+                        total_size += end - start
+                plans[s] = names
+            for s in shards:
+                r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
+                                        layout, None, force or shard is None, bar, seed)
+                rows = ck.headers[s][1]
+                bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
+                files.append(out.file(s))
+                out_bytes += r["output_bytes"]
+                quantized += len(r["converted"])
+            if shard is None or shard[0] == 1:
+                _write_model_files(ck, out, plans, total_size, layout_config=qc, dtype=None)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        finally:
+            bar.finish()
+    return {"quantized": quantized, "files": files, "input_bytes": nbytes,
+            "output_bytes": out_bytes, "seconds": time.perf_counter() - t0}
+
+
+def _write_model_files(
+    ck: Checkpoint,
+    out: _OutputDir,
+    plans: Dict[str, List[str]],
+    total_size: int,
+    layout_config: Optional[Dict[str, Any]],
+    dtype: Optional[str],
+) -> None:
+    """Write the index (if the source had one), config.json and the other files."""
+    _copy_extra(ck, out)
+    if ck.index is not None:
+        index = dict(ck.index)
+        index["weight_map"] = {n: s for s, names in plans.items() for n in names}
+        meta = dict(index.get("metadata") or {})
+        meta["total_size"] = total_size
+        index["metadata"] = meta
+        out.write_json(INDEX_NAME, index)
+    if ck.config is not None:
+        config = dict(ck.config)
+        if layout_config is not None:
+            config["quantization_config"] = layout_config
+        else:
+            config.pop("quantization_config", None)
+        if dtype is not None:
+            config["torch_dtype"] = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype]
+        out.write_json("config.json", config)
+
+
+# --------------------------------------------------------------------------------------------
+# dequantize
+
+
+def _block_from_config(config: Optional[Dict[str, Any]]) -> Optional[Tuple[int, int]]:
+    qc = (config or {}).get("quantization_config") or {}
+    b = qc.get("weight_block_size")
+    if b is None:
+        for g in (qc.get("config_groups") or {}).values():
+            b = ((g or {}).get("weights") or {}).get("block_structure") or b
+    if b is None:
+        return None
+    if not (isinstance(b, list) and len(b) == 2 and all(isinstance(v, int) and v > 0 for v in b)):
+        raise ValueError(f"quantization_config block size {b!r} is not [rows, cols]")
+    return b[0], b[1]
+
+
+def _is_fp8(dtype: str) -> bool:
+    return dtype in ("F8_E4M3", "F8_E5M2")
+
+
+def dequantize(
+    src: str,
+    dst: str,
+    *,
+    dtype: str = "bf16",
+    jobs: Optional[int] = None,
+    shard: Optional[Tuple[int, int]] = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> Dict[str, Any]:
+    """Dequantize an FP8 checkpoint (compressed-tensors or fp8-block layout, per-tensor,
+    per-channel, block or MX E8M0 scales) to bf16/f16/f32; scale tensors are dropped and
+    ``quantization_config`` removed. Returns a summary dict like :func:`quantize`."""
+    if dtype not in ("bf16", "f16", "f32"):
+        raise ValueError(f"unknown dtype {dtype!r}: expected bf16, f16 or f32")
+    t0 = time.perf_counter()
+    ck = open_checkpoint(src)
+    if ck.single_file:
+        dst = _single_file_destination(ck, dst, shard)
+        if dst is None:
+            return {"dequantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
+        shard = None
+    _check_destination(src, dst, force or shard is not None)
+    block = _block_from_config(ck.config)
+    # Which shard holds each tensor, to find scales stored beside other shards' weights.
+    where = {r[0]: s for s in ck.shards for r in ck.headers[s][1]}
+    fp8 = {r[0] for s in ck.shards for r in ck.headers[s][1] if _is_fp8(r[1])}
+    shards = _selected(ck, shard)
+    tensors, nbytes = _totals(ck, shards)
+    bar = Progress(tensors, nbytes, "dequantize", quiet)
+
+    def scale_files(s: str) -> List[str]:
+        need = set()
+        for name, dt, *_ in ck.headers[s][1]:
+            if _is_fp8(dt):
+                for suffix in ("_scale", "_scale_inv"):
+                    other = where.get(name + suffix)
+                    if other is not None and other != s:
+                        need.add(other)
+            # A scale stored here for a weight stored elsewhere: Rust must see that weight's
+            # shard to know the scale is to be dropped.
+            for suffix in ("_scale_inv", "_scale", ".input_scale"):
+                if name.endswith(suffix):
+                    stem = name[: -len(suffix)] + (".weight" if suffix == ".input_scale" else "")
+                    other = where.get(stem)
+                    if other is not None and other != s and stem in fp8:
+                        need.add(other)
+        return [ck.path(o) for o in sorted(need)]
+
+    def dropped(name: str) -> bool:
+        for suffix in ("_scale_inv", "_scale"):
+            if name.endswith(suffix) and name[: -len(suffix)] in fp8:
+                return True
+        return name.endswith(".input_scale") and name[: -len(".input_scale")] + ".weight" in fp8
+
+    files: List[str] = []
+    out_bytes = 0
+    converted = 0
+    with _Threads(jobs):
+        if ck.single_file:
+            s = ck.shards[0]
+            r = _core.dequantize_file(ck.path(s), dst, dtype, [], block, None, force, bar)
+            bar.finish()
+            return {"dequantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
+                    "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
+        out = _OutputDir(dst, force, shard is not None)
+        try:
+            for s in shards:
+                extra = scale_files(s)
+                r = _core.dequantize_file(ck.path(s), out.file(s), dtype, extra, block, None,
+                                          force or shard is None, bar)
+                # Scales of weights in other shards are removed by Rust only if it sees the
+                # weight; pass every shard holding such weights so the rule is global.
+                rows = ck.headers[s][1]
+                bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
+                files.append(out.file(s))
+                out_bytes += r["output_bytes"]
+                converted += len(r["converted"])
+            if shard is None or shard[0] == 1:
+                plans = {s: [r[0] for r in ck.headers[s][1] if not dropped(r[0])] for s in ck.shards}
+                itemsize = {"bf16": 2, "f16": 2, "f32": 4}[dtype]
+                total_size = sum(
+                    (int(np.prod(r[2], dtype=np.int64)) * itemsize if _is_fp8(r[1]) else r[4] - r[3])
+                    for s in ck.shards for r in ck.headers[s][1] if not dropped(r[0])
+                )
+                _write_model_files(ck, out, plans, total_size, layout_config=None, dtype=dtype)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        finally:
+            bar.finish()
+    return {"dequantized": converted, "files": files, "input_bytes": nbytes,
+            "output_bytes": out_bytes, "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------------------------
+# inspect
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def inspect(
+    path: str,
+    *,
+    error: bool = False,
+    fmt: str = "e4m3",
+    granularity: str = "channel",
+    block: Tuple[int, int] = (128, 128),
+    source: Optional[str] = None,
+    amax: bool = True,
+    out: Any = None,
+) -> List[Dict[str, Any]]:
+    """Print a table of the tensors of a checkpoint and return its rows.
+
+    With ``error``, each quantizable high-precision tensor also gets the SQNR (dB) and max
+    relative error that quantizing it with ``fmt`` / ``granularity`` would cause; for an FP8
+    checkpoint, ``source`` (the original checkpoint) gives the error the quantization did cause.
+    """
+    out = out or sys.stdout
+    ck = open_checkpoint(path)
+    src_ck = open_checkpoint(source) if source else None
+    block_cfg = _block_from_config(ck.config)
+    targets, _ = select_targets(ck) if error else ({}, [])
+    rows: List[Dict[str, Any]] = []
+    where = {r[0]: s for s in ck.shards for r in ck.headers[s][1]}
+    src_where = {r[0]: s for s in src_ck.shards for r in src_ck.headers[s][1]} if src_ck else {}
+    for s in ck.shards:
+        for name, dtype, shape, start, end in ck.headers[s][1]:
+            # Only the shard holding this tensor's scale, if elsewhere, is opened with it.
+            others = sorted({ck.path(where[name + sfx]) for sfx in ("_scale", "_scale_inv")
+                             if _is_fp8(dtype) and name + sfx in where and where[name + sfx] != s})
+            row: Dict[str, Any] = {"name": name, "dtype": dtype, "shape": tuple(shape),
+                                   "bytes": end - start, "scale": "", "amax": None,
+                                   "sqnr_db": None, "max_rel_err": None}
+            want_error = error and name in targets.get(s, [])
+            src_path = None
+            if src_ck is not None and _is_fp8(dtype) and name in src_where:
+                src_path = src_ck.path(src_where[name])
+            if amax or want_error or src_path:
+                rep = _core.tensor_report(
+                    [ck.path(s)] + others, name, block_cfg,
+                    (fmt, granularity, block) if want_error else None, src_path,
+                )
+                row.update({k: v for k, v in rep.items() if k != "scale_layout"})
+                row["scale"] = rep["scale_layout"] or ""
+            rows.append(row)
+    show_err = error or source is not None
+    header = f"{'tensor':<48} {'dtype':<8} {'shape':<16} {'scale':<14} {'bytes':>10} {'amax':>10}"
+    if show_err:
+        header += f" {'SQNR dB':>8} {'max rel':>9}"
+    print(header, file=out)
+    for r in rows:
+        line = (f"{r['name']:<48} {r['dtype']:<8} {'x'.join(map(str, r['shape'])) or '()':<16} "
+                f"{r['scale']:<14} {_fmt_bytes(r['bytes']):>10} "
+                f"{'' if r['amax'] is None else format(r['amax'], '.4g'):>10}")
+        if show_err:
+            s_db = "" if r["sqnr_db"] is None else format(r["sqnr_db"], ".2f")
+            mre = "" if r["max_rel_err"] is None else format(r["max_rel_err"], ".3g")
+            line += f" {s_db:>8} {mre:>9}"
+        print(line, file=out)
+    by_dtype: Dict[str, int] = {}
+    for r in rows:
+        by_dtype[r["dtype"]] = by_dtype.get(r["dtype"], 0) + r["bytes"]
+    total = sum(by_dtype.values())
+    print(f"\n{len(rows)} tensors in {len(ck.shards)} file(s), {_fmt_bytes(total)}: "
+          + ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in sorted(by_dtype.items())), file=out)
+    if error:
+        n = sum(len(v) for v in targets.values())
+        print(f"quantizable: {n} tensors, error shown for {fmt} {granularity}"
+              + (f" {block[0]}x{block[1]}" if granularity == "block" else ""), file=out)
+    qc = (ck.config or {}).get("quantization_config")
+    if qc:
+        print(f"quantization_config: {json.dumps(qc, sort_keys=True)[:200]}", file=out)
+    return rows

@@ -1,0 +1,292 @@
+"""The ``quantize``, ``dequantize`` and ``inspect`` subcommands of the ``fp8fast`` command.
+
+``add_subcommands(subparsers)`` adds them to the main parser (``fp8fast.cli``). Each handler
+returns an exit code and never lets a traceback out: a failure prints one line
+``fp8fast: error: ...`` on stderr and returns 1 (130 for Ctrl-C), and leaves nothing at DST.
+
+Splitting a large conversion across machines: ``--shard I/N`` converts only the shards whose
+position in the sorted shard list is I-1 modulo N, into DST directly (each file still appears
+atomically); job 1 also writes the index, config.json and the other files. Run the N jobs with
+any scheduler; DST is complete when all N have exited with 0. Converting one shard file on its
+own (SRC a single ``.safetensors`` file) works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from . import _checkpoint
+
+EXAMPLES = """\
+examples:
+  fp8fast quantize ./Llama-3-8B ./Llama-3-8B-FP8                        # per-channel, compressed-tensors
+  fp8fast quantize ./model ./model-fp8 --granularity block               # 128x128 blocks, fp8-block (DeepSeek) layout
+  fp8fast quantize model.safetensors out.safetensors --ignore 'mlp\\.down_proj'
+  fp8fast quantize ./big ./big-fp8 --shard 3/8                            # job 3 of 8
+  fp8fast dequantize ./DeepSeek-V3 ./DeepSeek-V3-bf16 --dtype bf16
+  fp8fast inspect ./model --error --granularity channel
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _block(text: str) -> Any:
+    try:
+        return _checkpoint.parse_block(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _shard(text: str) -> Any:
+    try:
+        return _checkpoint.parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except KeyboardInterrupt:
+            print("fp8fast: error: interrupted; nothing was written to the destination", file=sys.stderr)
+            return 130
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+            msg = str(e) or type(e).__name__
+            print(f"fp8fast: error: {msg}", file=sys.stderr)
+            return 1
+        except Exception as e:  # a defect, but the command still ends with one line
+            print(f"fp8fast: error: internal error ({type(e).__name__}: {e})", file=sys.stderr)
+            return 1
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _report(args: argparse.Namespace, verb: str, count: int, r: Any) -> None:
+    if args.quiet:
+        return
+    gib_in, gib_out = r["input_bytes"] / 2**30, r["output_bytes"] / 2**30
+    secs = max(r["seconds"], 1e-9)
+    print(
+        f"{verb} {count} tensors: {gib_in:.3f} GiB -> {gib_out:.3f} GiB in {secs:.2f} s "
+        f"({gib_in / secs:.2f} GiB/s in, {gib_out / secs:.2f} GiB/s out) -> {args.dst}",
+        file=sys.stderr,
+    )
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantize SRC into DST."""
+    r = _checkpoint.quantize(
+        args.src, args.dst, fmt=args.format, granularity=args.granularity, block=args.block,
+        layout=args.layout, ignore=args.ignore or (), rounding=args.rounding, seed=args.seed,
+        jobs=args.jobs, shard=args.shard, force=args.force, quiet=args.quiet,
+    )
+    _report(args, "quantized", r["quantized"], r)
+    return 0
+
+
+def cmd_dequantize(args: argparse.Namespace) -> int:
+    """Dequantize SRC into DST."""
+    r = _checkpoint.dequantize(
+        args.src, args.dst, dtype=args.dtype, jobs=args.jobs, shard=args.shard,
+        force=args.force, quiet=args.quiet,
+    )
+    _report(args, "dequantized", r["dequantized"], r)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the tensor table of PATH."""
+    _checkpoint.inspect(
+        args.path, error=args.error, fmt=args.format, granularity=args.granularity,
+        block=args.block, source=args.source, amax=not args.no_amax,
+    )
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC", help="a .safetensors file, a sharded checkpoint's folder or index, or a model directory")
+    p.add_argument("dst", metavar="DST", help="output file (for a single-file SRC) or directory")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="convert only every N-th shard starting at the I-th (for splitting across machines)")
+    p.add_argument("--force", "-f", action="store_true", help="overwrite an existing DST")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add ``quantize``, ``dequantize`` and ``inspect`` to the ``fp8fast`` parser's subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "quantize", help="convert a bf16/f16/f32 safetensors checkpoint to FP8 (vLLM / transformers layouts)",
+        description=(
+            "Quantize the 2-D *.weight tensors of Linear layers to FP8 with scales; embeddings, norms, "
+            "biases, 1-D tensors, lm_head, MoE routers and --ignore matches are copied byte for byte. "
+            "config.json gets a quantization_config and the index is rewritten. Output is written "
+            "under a temporary name and renamed at the end."
+        ),
+        epilog=EXAMPLES, formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--format", choices=["e4m3", "e5m2"], default="e4m3", help="FP8 format (default e4m3)")
+    p.add_argument("--granularity", choices=["tensor", "channel", "block"], default="channel",
+                   help="one scale per tensor, per output channel, or per block (default channel)")
+    p.add_argument("--block", type=_block, default=(128, 128), metavar="RxC", help="block size (default 128x128)")
+    p.add_argument("--layout", choices=["compressed-tensors", "fp8-block"], default=None,
+                   help="scale layout (default: compressed-tensors for tensor/channel, fp8-block for block)")
+    p.add_argument("--ignore", action="append", metavar="REGEX",
+                   help="leave tensors whose name matches REGEX unquantized (repeatable)")
+    p.add_argument("--rounding", choices=["nearest", "stochastic"], default="nearest", help="rounding (default nearest)")
+    p.add_argument("--seed", type=int, default=None, help="seed of stochastic rounding")
+    p.set_defaults(func=_guarded(cmd_quantize))
+
+    p = subparsers.add_parser(
+        "dequantize", help="convert an FP8 checkpoint back to bf16/f16/f32 on the CPU",
+        description=(
+            "Dequantize every F8_E4M3/F8_E5M2 tensor with its scale (compressed-tensors weight_scale "
+            "per tensor/channel/block, DeepSeek weight_scale_inv 128x128 blocks, MX E8M0); scale "
+            "tensors are dropped and quantization_config removed. Values are decode(q) * scale "
+            "rounded once to the output type."
+        ),
+        epilog=EXAMPLES, formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16", help="output dtype (default bf16)")
+    p.set_defaults(func=_guarded(cmd_dequantize))
+
+    p = subparsers.add_parser(
+        "inspect", help="list a checkpoint's tensors, scale layouts, amax and quantization error",
+        description=(
+            "A table of tensors (name, dtype, shape, scale layout, bytes, amax) and totals. --error adds "
+            "the SQNR and max relative error quantizing each quantizable tensor would cause; for an "
+            "FP8 checkpoint, --source ORIGINAL gives the error its quantization did cause."
+        ),
+        epilog=EXAMPLES, formatter_class=fmt,
+    )
+    p.add_argument("path", metavar="PATH", help="a .safetensors file, index or model directory")
+    p.add_argument("--error", action="store_true", help="show the quantization error per quantizable tensor")
+    p.add_argument("--format", choices=["e4m3", "e5m2"], default="e4m3", help="format for --error (default e4m3)")
+    p.add_argument("--granularity", choices=["tensor", "channel", "block"], default="channel",
+                   help="granularity for --error (default channel)")
+    p.add_argument("--block", type=_block, default=(128, 128), metavar="RxC", help="block size for --error")
+    p.add_argument("--source", default=None, metavar="ORIGINAL",
+                   help="the high-precision checkpoint an FP8 PATH was made from (error of FP8 tensors)")
+    p.add_argument("--no-amax", action="store_true", help="skip reading tensor data (header only, fast)")
+    p.set_defaults(func=_guarded(cmd_inspect))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the checkpoint subcommands on their own (``python -m fp8fast.cli_checkpoint``)."""
+    parser = argparse.ArgumentParser(prog="fp8fast")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def _demo_model(path: str, rng: "object") -> int:
+    """Write a small Llama-like bf16 model directory (2 shards, index, config); return its bytes."""
+    import json
+    import os
+
+    import ml_dtypes
+    import numpy as np
+
+    hidden, inter, vocab, layers = 512, 1408, 2048, 4
+    names, tensors = [], {}
+
+    def w(*shape):
+        x = rng.standard_normal(shape, dtype=np.float32) * 0.02  # type: ignore[attr-defined]
+        x.flat[rng.integers(0, x.size, 4)] = 0.5  # type: ignore[attr-defined]  # a few outliers
+        return x.astype(ml_dtypes.bfloat16)
+
+    tensors["model.embed_tokens.weight"] = w(vocab, hidden)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors[p + "input_layernorm.weight"] = np.ones(hidden, ml_dtypes.bfloat16)
+        for n, shape in (("self_attn.q_proj", (hidden, hidden)), ("self_attn.k_proj", (hidden // 4, hidden)),
+                         ("self_attn.v_proj", (hidden // 4, hidden)), ("self_attn.o_proj", (hidden, hidden)),
+                         ("mlp.gate_proj", (inter, hidden)), ("mlp.up_proj", (inter, hidden)),
+                         ("mlp.down_proj", (hidden, inter))):
+            tensors[p + n + ".weight"] = w(*shape)
+        tensors[p + "post_attention_layernorm.weight"] = np.ones(hidden, ml_dtypes.bfloat16)
+    tensors["model.norm.weight"] = np.ones(hidden, ml_dtypes.bfloat16)
+    tensors["lm_head.weight"] = w(vocab, hidden)
+    names = list(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for k, part in enumerate((names[:half], names[half:])):
+        fname = f"model-{k + 1:05d}-of-00002.safetensors"
+        _checkpoint.save_file({n: tensors[n] for n in part}, os.path.join(path, fname), {"format": "pt"})
+        weight_map.update({n: fname for n in part})
+    total = sum(a.nbytes for a in tensors.values())
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "torch_dtype": "bfloat16"}, f)
+    return total
+
+
+def demo_step(rng: "object") -> None:
+    """``fp8fast demo`` step: write a small model, quantize it in both layouts, inspect it,
+    dequantize it, and check and report sizes, errors and speed."""
+    import io
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from .cli import _check
+
+    print("\n[checkpoint] a small bf16 model -> FP8 (both layouts) -> inspect -> bf16")
+    d = tempfile.mkdtemp(prefix="fp8fast-demo-")
+    try:
+        src = os.path.join(d, "model")
+        os.mkdir(src)
+        size = _demo_model(src, rng)
+        print(f"  wrote {src}: {size / 2**20:.1f} MiB bf16 in 2 shards")
+        for granularity in ("channel", "block"):
+            dst = os.path.join(d, f"fp8-{granularity}")
+            r = _checkpoint.quantize(src, dst, granularity=granularity, quiet=True)
+            qc = json.loads(open(os.path.join(dst, "config.json")).read())["quantization_config"]
+            print(f"  quantize --granularity {granularity}: {r['quantized']} weights, "
+                  f"{r['input_bytes'] / 2**20:.1f} -> {r['output_bytes'] / 2**20:.1f} MiB in {r['seconds']:.2f} s "
+                  f"({r['input_bytes'] / max(r['seconds'], 1e-9) / 2**30:.2f} GiB/s); quant_method {qc['quant_method']}")
+            _check(r["quantized"] == 28, f"{granularity}: the 28 Linear weights are FP8, lm_head/embeddings/norms kept")
+            buf = io.StringIO()
+            rows = _checkpoint.inspect(dst, source=src, out=buf)
+            worst = min(r_["sqnr_db"] for r_ in rows if r_["sqnr_db"] is not None and r_["dtype"] == "F8_E4M3")
+            print(f"  inspect --source: worst SQNR of a quantized weight {worst:.1f} dB")
+            _check(worst > 25, f"{granularity}: every quantized weight keeps SQNR > 25 dB")
+            back = os.path.join(d, f"bf16-{granularity}")
+            r = _checkpoint.dequantize(dst, back, dtype="bf16", quiet=True)
+            print(f"  dequantize: {r['output_bytes'] / 2**20:.1f} MiB in {r['seconds']:.2f} s")
+            name = "model.layers.0.mlp.down_proj.weight"
+            shard = json.loads(open(os.path.join(back, "model.safetensors.index.json")).read())["weight_map"][name]
+            orig_shard = json.loads(open(os.path.join(src, "model.safetensors.index.json")).read())["weight_map"][name]
+            y = _checkpoint.load_file(os.path.join(back, shard))[name].astype(np.float64)
+            x = _checkpoint.load_file(os.path.join(src, orig_shard))[name].astype(np.float64)
+            rel = float(np.max(np.abs(y - x) / np.maximum(np.abs(x), 1e-3)))
+            _check(rel < 0.07, f"{granularity}: bf16 round trip within the E4M3 step (max rel err {rel:.3f} above 1e-3)")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

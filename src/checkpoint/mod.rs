@@ -1,0 +1,723 @@
+//! Streaming, atomic conversion of safetensors checkpoints to and from FP8 (DESIGN.md §6).
+//!
+//! - [`file`]: header validation and positional reads of one `.safetensors` file.
+//! - [`writer`]: the streaming, atomic writer.
+//! - [`scaled`]: scaled quantization / exact dequantization of one 2-D weight.
+//! - this module: the per-file drivers [`quantize_file`], [`dequantize_file`] and the
+//!   statistics `fp8fast inspect` shows ([`tensor_report`]).
+//!
+//! One file is converted tensor by tensor in file order: the output header is planned up
+//! front (every output shape is known from the input header), then each tensor is read,
+//! converted with all worker threads and appended. Peak memory is therefore one input tensor
+//! plus its output (1.5x the larger of the two for 16-bit <-> 8-bit), plus a fixed 8 MiB copy
+//! buffer. Directories, shards, `config.json` and the index are handled by the Python driver
+//! (`fp8fast._checkpoint`), which calls these functions once per shard.
+
+pub mod file;
+pub mod scaled;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+
+pub use file::{SafetensorsFile, TensorEntry};
+pub use scaled::Granularity;
+pub use writer::{OutTensor, SafetensorsWriter};
+
+use crate::error::{Error, Result};
+use crate::format::Format;
+pub use crate::quant::Rounding;
+
+/// Where the scales of a quantized checkpoint go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// vLLM / llm-compressor: `<w>_scale` (`weight_scale`), float32, `(1,)`, `(out, 1)` or blocks.
+    CompressedTensors,
+    /// DeepSeek-V3 / transformers FineGrainedFP8: `<w>_scale_inv`, float32 blocks.
+    Fp8Block,
+}
+
+impl Layout {
+    /// The scale tensor's name for weight `name`.
+    pub fn scale_name(self, name: &str) -> String {
+        match self {
+            Layout::CompressedTensors => format!("{name}_scale"),
+            Layout::Fp8Block => format!("{name}_scale_inv"),
+        }
+    }
+}
+
+/// Options of [`quantize_file`].
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizeOptions {
+    /// Target format.
+    pub format: Format,
+    /// Scale granularity.
+    pub granularity: Granularity,
+    /// Scale naming / layout.
+    pub layout: Layout,
+    /// Nearest, or stochastic with a seed; each tensor's stream is keyed by the seed and the
+    /// tensor's name (see [`tensor_seed`]), so results do not depend on sharding or threads.
+    pub rounding: Rounding,
+}
+
+/// The stochastic-rounding seed of tensor `name`: `seed` mixed with the FNV-1a hash of the
+/// name, so that equal tensors in different places get independent draws.
+pub fn tensor_seed(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    seed ^ h
+}
+
+/// Progress of a conversion: tensors and source bytes done out of the totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Tensors done.
+    pub tensors_done: usize,
+    /// Tensors in the file.
+    pub tensors_total: usize,
+    /// Source bytes done.
+    pub bytes_done: u64,
+    /// Source bytes in the file's tensors.
+    pub bytes_total: u64,
+}
+
+/// What a conversion wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Names of the tensors converted (quantized or dequantized).
+    pub converted: Vec<String>,
+    /// Output tensor names with their dtype names and shapes, in file order.
+    pub written: Vec<(String, String, Vec<usize>)>,
+    /// Bytes of the output file.
+    pub output_bytes: u64,
+}
+
+/// A progress callback; an error from it (e.g. Ctrl-C seen by Python) aborts the run.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress) -> Result<()>;
+
+/// Copy buffer size for tensors copied unchanged.
+const COPY_CHUNK: usize = 8 << 20;
+
+fn fp8_dtype(fmt: Format) -> Dtype {
+    match fmt {
+        Format::E4M3 => Dtype::F8_E4M3,
+        Format::E5M2 => Dtype::F8_E5M2,
+    }
+}
+
+fn fmt_of(d: Dtype) -> Option<Format> {
+    match d {
+        Dtype::F8_E4M3 => Some(Format::E4M3),
+        Dtype::F8_E5M2 => Some(Format::E5M2),
+        _ => None,
+    }
+}
+
+/// Refuse to write over any of the inputs (the same file under another name included).
+fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
+    let canon_dst = dst
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| std::env::current_dir().ok(), |p| p.canonicalize().ok())
+        .zip(dst.file_name())
+        .map(|(d, n)| d.join(n));
+    for src in inputs {
+        let same = match (src.canonicalize().ok(), &canon_dst) {
+            (Some(a), Some(b)) => &a == b,
+            _ => false,
+        };
+        if same {
+            return Err(Error::value(format!(
+                "destination {} is the source: refusing to overwrite the input",
+                dst.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Two byte buffers reused from tensor to tensor, 8-byte aligned so they can be viewed as any
+/// element type. Reuse matters for speed: a fresh allocation per tensor would fault in (and
+/// zero) new pages for every tensor. They grow to the largest input and output tensor, which
+/// is what the memory bound allows.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<u64>,
+    output: Vec<u64>,
+}
+
+fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
+    let bytes = elements * std::mem::size_of::<T>();
+    let words = bytes.div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0);
+    }
+    let all: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..words]);
+    bytemuck::cast_slice_mut(&mut all[..bytes])
+}
+
+/// Read tensor `t` into `buf` viewed as elements of `T`.
+fn read_into<'a, T: bytemuck::Pod>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    buf: &'a mut Vec<u64>,
+) -> Result<&'a mut [T]> {
+    let size = std::mem::size_of::<T>() as u64;
+    if !t.nbytes().is_multiple_of(size) {
+        return Err(Error::value(format!(
+            "{}: tensor {:?} has {} bytes, not a multiple of {size}",
+            f.path().display(),
+            t.name,
+            t.nbytes()
+        )));
+    }
+    let v = view::<T>(buf, (t.nbytes() / size) as usize);
+    f.read_tensor(t, bytemuck::cast_slice_mut(v))?;
+    Ok(v)
+}
+
+/// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
+fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> Result<Vec<T>> {
+    let size = std::mem::size_of::<T>() as u64;
+    if !t.nbytes().is_multiple_of(size) {
+        return Err(Error::value(format!(
+            "{}: tensor {:?} has {} bytes, not a multiple of {size}",
+            f.path().display(),
+            t.name,
+            t.nbytes()
+        )));
+    }
+    let mut v = vec![T::default(); (t.nbytes() / size) as usize];
+    f.read_tensor(t, bytemuck::cast_slice_mut(&mut v))?;
+    Ok(v)
+}
+
+fn copy_tensor(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    w: &mut SafetensorsWriter,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let mut off = 0u64;
+    while off < t.nbytes() {
+        let n = (t.nbytes() - off).min(COPY_CHUNK as u64) as usize;
+        buf.resize(n, 0);
+        f.read_tensor_part_parallel(t, off, &mut buf[..n])?;
+        w.write(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn matrix_dims(f: &SafetensorsFile, t: &TensorEntry) -> Result<(usize, usize)> {
+    match t.shape[..] {
+        [r, c] => Ok((r, c)),
+        _ => Err(Error::value(format!(
+            "{}: tensor {:?} has shape {:?}; only 2-D weights can be quantized",
+            f.path().display(),
+            t.name,
+            t.shape
+        ))),
+    }
+}
+
+/// Quantize the tensors named in `targets` of the file `src` into `dst`; everything else is
+/// copied byte for byte. `metadata` replaces the source's `__metadata__` when given.
+pub fn quantize_file(
+    src: &Path,
+    dst: &Path,
+    targets: &[String],
+    opts: QuantizeOptions,
+    metadata: Option<HashMap<String, String>>,
+    overwrite: bool,
+    progress: ProgressFn<'_>,
+) -> Result<Summary> {
+    if opts.granularity == Granularity::Mx {
+        return Err(Error::value(
+            "MX granularity is not supported for checkpoints yet",
+        ));
+    }
+    if opts.layout == Layout::Fp8Block && !matches!(opts.granularity, Granularity::Block(..)) {
+        return Err(Error::value(
+            "the fp8-block layout stores block scales: use --granularity block",
+        ));
+    }
+    check_not_input(dst, &[src])?;
+    let f = SafetensorsFile::open(src)?;
+    let targets: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut plan = Vec::new();
+    let mut summary = Summary::default();
+    for name in &targets {
+        if f.get(name).is_none() {
+            return Err(Error::value(format!(
+                "{}: no tensor {name:?} to quantize",
+                src.display()
+            )));
+        }
+    }
+    for t in f.tensors() {
+        if targets.contains(t.name.as_str()) {
+            let (rows, cols) = matrix_dims(&f, t)?;
+            if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+                return Err(Error::type_error(format!(
+                    "{}: tensor {:?} is {}; only BF16, F16 and F32 weights can be quantized",
+                    src.display(),
+                    t.name,
+                    t.dtype
+                )));
+            }
+            let scale_name = opts.layout.scale_name(&t.name);
+            if f.get(&scale_name).is_some() {
+                return Err(Error::value(format!(
+                    "{}: tensor {:?} already exists: is this checkpoint already quantized?",
+                    src.display(),
+                    scale_name
+                )));
+            }
+            plan.push(OutTensor::new(
+                t.name.clone(),
+                fp8_dtype(opts.format),
+                t.shape.clone(),
+            ));
+            plan.push(OutTensor::new(
+                scale_name,
+                Dtype::F32,
+                opts.granularity.scale_shape(rows, cols),
+            ));
+        } else {
+            plan.push(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
+        }
+    }
+    let metadata = metadata.or_else(|| f.metadata().cloned());
+    summary.written = plan
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone()))
+        .collect();
+    let mut w = SafetensorsWriter::create(dst, plan, metadata, overwrite)?;
+    let mut p = Progress {
+        tensors_total: f.tensors().len(),
+        bytes_total: f.tensors().iter().map(TensorEntry::nbytes).sum(),
+        ..Progress::default()
+    };
+    progress(p)?;
+    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
+    for t in f.tensors() {
+        if targets.contains(t.name.as_str()) {
+            let (rows, cols) = matrix_dims(&f, t)?;
+            let Scratch { input, output } = &mut scratch;
+            let codes = view::<u8>(output, t.numel());
+            let (fmt, g) = (opts.format, opts.granularity);
+            let rounding = match opts.rounding {
+                Rounding::Stochastic { seed } => Rounding::Stochastic {
+                    seed: tensor_seed(seed, &t.name),
+                },
+                nearest => nearest,
+            };
+            let scales = match t.dtype {
+                Dtype::BF16 => {
+                    let x = read_into::<bf16>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
+                }
+                Dtype::F16 => {
+                    let x = read_into::<f16>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
+                }
+                _ => {
+                    let x = read_into::<f32>(&f, t, input)?;
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
+                }
+            };
+            w.write(codes)?;
+            w.write(bytemuck::cast_slice(&scales))?;
+            summary.converted.push(t.name.clone());
+        } else {
+            copy_tensor(&f, t, &mut w, &mut buf)?;
+        }
+        p.tensors_done += 1;
+        p.bytes_done += t.nbytes();
+        progress(p)?;
+    }
+    w.finish()?;
+    summary.output_bytes = std::fs::metadata(dst).map(|m| m.len()).unwrap_or(0);
+    Ok(summary)
+}
+
+/// Output dtype of dequantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutDtype {
+    /// bfloat16.
+    BF16,
+    /// float16.
+    F16,
+    /// float32.
+    F32,
+}
+
+impl OutDtype {
+    fn dtype(self) -> Dtype {
+        match self {
+            OutDtype::BF16 => Dtype::BF16,
+            OutDtype::F16 => Dtype::F16,
+            OutDtype::F32 => Dtype::F32,
+        }
+    }
+}
+
+/// A located scale tensor: in which file, which entry.
+struct ScaleRef<'a> {
+    file: &'a SafetensorsFile,
+    entry: &'a TensorEntry,
+}
+
+/// The scale of FP8 tensor `name` among `files` (the source first): `<name>_scale`
+/// (compressed-tensors) or `<name>_scale_inv` (fp8-block / DeepSeek).
+fn find_scale<'a>(files: &'a [SafetensorsFile], name: &str) -> Option<ScaleRef<'a>> {
+    for suffix in ["_scale", "_scale_inv"] {
+        let sname = format!("{name}{suffix}");
+        for file in files {
+            if let Some(entry) = file.get(&sname) {
+                return Some(ScaleRef { file, entry });
+            }
+        }
+    }
+    None
+}
+
+/// Read a scale tensor as float64 values (E8M0 decoded to powers of two).
+fn read_scales(s: &ScaleRef<'_>) -> Result<Vec<f64>> {
+    let (f, t) = (s.file, s.entry);
+    Ok(match t.dtype {
+        Dtype::F32 => read_as::<f32>(f, t)?.into_iter().map(f64::from).collect(),
+        Dtype::F64 => read_as::<f64>(f, t)?,
+        Dtype::BF16 => read_as::<bf16>(f, t)?.into_iter().map(f64::from).collect(),
+        Dtype::F16 => read_as::<f16>(f, t)?.into_iter().map(f64::from).collect(),
+        Dtype::F8_E8M0 => read_as::<u8>(f, t)?
+            .into_iter()
+            .map(scaled::e8m0_value)
+            .collect(),
+        other => {
+            return Err(Error::type_error(format!(
+                "{}: scale tensor {:?} has dtype {other}; expected F32, BF16, F16, F64 or F8_E8M0",
+                f.path().display(),
+                t.name
+            )))
+        }
+    })
+}
+
+/// Work out the granularity of a scale tensor from its shape and dtype for a `(rows, cols)`
+/// weight. `block` is the block size from the config (`weight_block_size`), if known.
+fn infer_granularity(
+    weight: &str,
+    rows: usize,
+    cols: usize,
+    scale: &TensorEntry,
+    block: Option<(usize, usize)>,
+) -> Result<Granularity> {
+    let shape = &scale.shape[..];
+    let numel: usize = shape.iter().product();
+    if scale.dtype == Dtype::F8_E8M0 {
+        let want = [rows, cols.div_ceil(scaled::MX_GROUP)];
+        if shape == want {
+            return Ok(Granularity::Mx);
+        }
+        return Err(Error::value(format!(
+            "E8M0 scale {:?} of weight {weight:?} ({rows}, {cols}) has shape {shape:?}; MX needs {want:?}",
+            scale.name
+        )));
+    }
+    if numel == 1 {
+        return Ok(Granularity::Tensor);
+    }
+    if shape == [rows, 1] || shape == [rows] {
+        return Ok(Granularity::Channel);
+    }
+    let (br, bc) = block.unwrap_or((128, 128));
+    if br > 0 && bc > 0 && shape == [rows.div_ceil(br), cols.div_ceil(bc)] {
+        return Ok(Granularity::Block(br, bc));
+    }
+    Err(Error::value(format!(
+        "scale {:?} of weight {weight:?} ({rows}, {cols}) has shape {shape:?}: expected (1,), ({rows}, 1) or {br}x{bc} blocks ({}, {})",
+        scale.name,
+        rows.div_ceil(br.max(1)),
+        cols.div_ceil(bc.max(1))
+    )))
+}
+
+fn dequantize_entry<'a, O: scaled::Target>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    scale: &ScaleRef<'_>,
+    block: Option<(usize, usize)>,
+    scratch: &'a mut Scratch,
+) -> Result<(&'a mut [O], Granularity)> {
+    let fmt = fmt_of(t.dtype).expect("caller checks the dtype");
+    let (rows, cols) = match t.shape[..] {
+        [r, c] => (r, c),
+        [n] => (1, n),
+        [] => (1, 1),
+        _ => {
+            return Err(Error::value(format!(
+            "{}: FP8 tensor {:?} has shape {:?}; only 0-, 1- and 2-D tensors can be dequantized",
+            f.path().display(),
+            t.name,
+            t.shape
+        )))
+        }
+    };
+    let g = infer_granularity(&t.name, rows, cols, scale.entry, block)
+        .map_err(|e| Error::value(format!("{}: {e}", f.path().display())))?;
+    let scales = read_scales(scale)?;
+    let Scratch { input, output } = scratch;
+    let codes = read_into::<u8>(f, t, input)?;
+    let o = view::<O>(output, codes.len());
+    scaled::dequantize_weight(codes, rows, cols, fmt, &scales, g, o)?;
+    Ok((o, g))
+}
+
+/// Names a dequantized checkpoint drops: the scales of FP8 tensors (found in `files`) and the
+/// static activation scales (`*.input_scale`) of layers whose weight is FP8.
+fn is_dropped(files: &[SafetensorsFile], name: &str) -> bool {
+    let is_fp8 = |n: &str| {
+        files
+            .iter()
+            .any(|f| f.get(n).is_some_and(|t| fmt_of(t.dtype).is_some()))
+    };
+    if let Some(stem) = name
+        .strip_suffix("_scale_inv")
+        .or_else(|| name.strip_suffix("_scale"))
+    {
+        if is_fp8(stem) {
+            return true;
+        }
+    }
+    if let Some(layer) = name.strip_suffix(".input_scale") {
+        return is_fp8(&format!("{layer}.weight"));
+    }
+    false
+}
+
+/// Dequantize every FP8 tensor of `src` into `out` dtype, dropping the scale tensors.
+/// `scale_files` are other shards of the checkpoint in which scales may live.
+/// `block` is the block size declared by the config, if any.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_file(
+    src: &Path,
+    dst: &Path,
+    out: OutDtype,
+    scale_files: &[PathBuf],
+    block: Option<(usize, usize)>,
+    metadata: Option<HashMap<String, String>>,
+    overwrite: bool,
+    progress: ProgressFn<'_>,
+) -> Result<Summary> {
+    let mut inputs: Vec<&Path> = vec![src];
+    inputs.extend(scale_files.iter().map(PathBuf::as_path));
+    check_not_input(dst, &inputs)?;
+    let mut files = vec![SafetensorsFile::open(src)?];
+    for p in scale_files {
+        files.push(SafetensorsFile::open(p)?);
+    }
+    let f = &files[0];
+    let mut plan = Vec::new();
+    for t in f.tensors() {
+        if is_dropped(&files, &t.name) {
+            continue;
+        }
+        if fmt_of(t.dtype).is_some() {
+            if find_scale(&files, &t.name).is_none() {
+                return Err(Error::value(format!(
+                    "{}: FP8 tensor {:?} has no scale ({name}_scale or {name}_scale_inv) in this checkpoint",
+                    src.display(),
+                    t.name,
+                    name = t.name
+                )));
+            }
+            plan.push(OutTensor::new(t.name.clone(), out.dtype(), t.shape.clone()));
+        } else {
+            plan.push(OutTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
+        }
+    }
+    let mut summary = Summary {
+        written: plan
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone()))
+            .collect(),
+        ..Summary::default()
+    };
+    let metadata = metadata.or_else(|| f.metadata().cloned());
+    let mut w = SafetensorsWriter::create(dst, plan, metadata, overwrite)?;
+    let mut p = Progress {
+        tensors_total: f.tensors().len(),
+        bytes_total: f.tensors().iter().map(TensorEntry::nbytes).sum(),
+        ..Progress::default()
+    };
+    progress(p)?;
+    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
+    for t in f.tensors() {
+        if !is_dropped(&files, &t.name) {
+            if fmt_of(t.dtype).is_some() {
+                let scale = find_scale(&files, &t.name).expect("checked while planning");
+                match out {
+                    OutDtype::BF16 => w.write(bytemuck::cast_slice(
+                        dequantize_entry::<bf16>(f, t, &scale, block, &mut scratch)?.0,
+                    ))?,
+                    OutDtype::F16 => w.write(bytemuck::cast_slice(
+                        dequantize_entry::<f16>(f, t, &scale, block, &mut scratch)?.0,
+                    ))?,
+                    OutDtype::F32 => w.write(bytemuck::cast_slice(
+                        dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?.0,
+                    ))?,
+                }
+                summary.converted.push(t.name.clone());
+            } else {
+                copy_tensor(f, t, &mut w, &mut buf)?;
+            }
+        }
+        p.tensors_done += 1;
+        p.bytes_done += t.nbytes();
+        progress(p)?;
+    }
+    w.finish()?;
+    summary.output_bytes = std::fs::metadata(dst).map(|m| m.len()).unwrap_or(0);
+    Ok(summary)
+}
+
+/// What `fp8fast inspect` shows for one tensor.
+#[derive(Clone, Debug, Default)]
+pub struct TensorReport {
+    /// Largest finite magnitude of the (dequantized) values; `None` for non-float tensors.
+    pub amax: Option<f64>,
+    /// Scale layout of an FP8 tensor (`tensor`, `channel`, `block 128x128`, `mx`).
+    pub scale_layout: Option<String>,
+    /// SQNR in dB of the quantization (asked for, or the existing one against a source).
+    pub sqnr_db: Option<f64>,
+    /// Max relative error of the same.
+    pub max_rel_err: Option<f64>,
+}
+
+/// Read any float tensor as float32 (FP8 tensors dequantized with their scale when found).
+fn read_f32(
+    files: &[SafetensorsFile],
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    block: Option<(usize, usize)>,
+) -> Result<Option<(Vec<f32>, Option<String>)>> {
+    Ok(Some(match t.dtype {
+        Dtype::F32 => (read_as::<f32>(f, t)?, None),
+        Dtype::BF16 => (
+            read_as::<bf16>(f, t)?.into_iter().map(f32::from).collect(),
+            None,
+        ),
+        Dtype::F16 => (
+            read_as::<f16>(f, t)?.into_iter().map(f32::from).collect(),
+            None,
+        ),
+        Dtype::F64 => (
+            read_as::<f64>(f, t)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            None,
+        ),
+        Dtype::F8_E8M0 => (
+            read_as::<u8>(f, t)?
+                .into_iter()
+                .map(|c| scaled::e8m0_value(c) as f32)
+                .collect(),
+            None,
+        ),
+        Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
+            Some(scale) => {
+                let mut scratch = Scratch::default();
+                let (v, g) = dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?;
+                let v = v.to_vec();
+                let layout = match g {
+                    Granularity::Tensor => "tensor".to_string(),
+                    Granularity::Channel => "channel".to_string(),
+                    Granularity::Block(a, b) => format!("block {a}x{b}"),
+                    Granularity::Mx => "mx".to_string(),
+                };
+                (v, Some(layout))
+            }
+            None => {
+                let fmt = fmt_of(t.dtype).expect("FP8");
+                let codes = read_as::<u8>(f, t)?;
+                let mut v = vec![0f32; codes.len()];
+                crate::convert::decode_slice(&codes, &mut v, fmt)?;
+                (v, Some("none".to_string()))
+            }
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// The inspect row of tensor `name` of `files[0]`; with `error` set, also the error that
+/// quantizing it with `error.0`/`error.1` would cause. With `source` given (the original
+/// high-precision checkpoint's file holding `name`), the error of the FP8 tensor against it.
+pub fn tensor_report(
+    files: &[SafetensorsFile],
+    name: &str,
+    block: Option<(usize, usize)>,
+    error: Option<(Format, Granularity)>,
+    source: Option<&SafetensorsFile>,
+) -> Result<TensorReport> {
+    let f = &files[0];
+    let t = f
+        .get(name)
+        .ok_or_else(|| Error::value(format!("{}: no tensor {name:?}", f.path().display())))?;
+    let mut r = TensorReport::default();
+    let Some((values, layout)) = read_f32(files, f, t, block)? else {
+        return Ok(r);
+    };
+    r.scale_layout = layout;
+    r.amax = Some(
+        values
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f64, |m, &v| m.max(f64::from(v).abs())),
+    );
+    if let Some(src) = source {
+        let st = src.get(name).ok_or_else(|| {
+            Error::value(format!(
+                "{}: source has no tensor {name:?}",
+                src.path().display()
+            ))
+        })?;
+        if st.shape != t.shape {
+            return Err(Error::value(format!(
+                "tensor {name:?}: shape {:?} in the source, {:?} here",
+                st.shape, t.shape
+            )));
+        }
+        if let Some((x, _)) = read_f32(std::slice::from_ref(src), src, st, None)? {
+            let (s, m) = scaled::error_metrics(&x, &values);
+            r.sqnr_db = Some(s);
+            r.max_rel_err = Some(m);
+        }
+    } else if let Some((fmt, g)) = error {
+        if t.shape.len() == 2 && fmt_of(t.dtype).is_none() {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let (codes, scales) =
+                scaled::quantize_weight(&values, rows, cols, fmt, g, Rounding::Nearest)?;
+            let scales: Vec<f64> = scales.into_iter().map(f64::from).collect();
+            let mut y = vec![0f32; codes.len()];
+            scaled::dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut y)?;
+            let (s, m) = scaled::error_metrics(&values, &y);
+            r.sqnr_db = Some(s);
+            r.max_rel_err = Some(m);
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Driver tests: whole files through quantize_file / dequantize_file / tensor_report.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::scalar;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fp8fast-ckpt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0
+                - 0.5)
+                * 0.2
+        })
+        .collect()
+}
+
+/// A tiny model: two Linear weights (bf16), an embedding, a norm and a bias.
+fn write_model(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let specs: Vec<(&str, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight", vec![16, 8]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![130, 200]),
+        ("model.layers.0.self_attn.q_proj.bias", vec![130]),
+        ("model.layers.0.mlp.down_proj.weight", vec![8, 130]),
+        ("model.norm.weight", vec![8]),
+    ];
+    let mut out = Vec::new();
+    let plan: Vec<OutTensor> = specs
+        .iter()
+        .map(|(n, s)| OutTensor::new(*n, Dtype::BF16, s.clone()))
+        .collect();
+    let mut w = SafetensorsWriter::create(path, plan, None, false).unwrap();
+    for (k, (n, s)) in specs.iter().enumerate() {
+        let v: Vec<bf16> = values(s.iter().product(), k as u32)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        w.write(bytemuck::cast_slice(&v)).unwrap();
+        out.push((
+            n.to_string(),
+            s.clone(),
+            v.iter().map(|x| x.to_f32()).collect(),
+        ));
+    }
+    w.finish().unwrap();
+    out
+}
+
+fn noop(_: Progress) -> Result<()> {
+    Ok(())
+}
+
+#[test]
+fn quantize_then_dequantize_round_trips_in_both_layouts() {
+    let d = tmpdir("rt");
+    let src = d.join("model.safetensors");
+    let model = write_model(&src);
+    let targets = vec![
+        "model.layers.0.self_attn.q_proj.weight".to_string(),
+        "model.layers.0.mlp.down_proj.weight".to_string(),
+    ];
+    for (layout, g, scale_suffix) in [
+        (Layout::CompressedTensors, Granularity::Channel, "_scale"),
+        (Layout::CompressedTensors, Granularity::Tensor, "_scale"),
+        (Layout::Fp8Block, Granularity::Block(128, 128), "_scale_inv"),
+    ] {
+        let q = d.join("q.safetensors");
+        let opts = QuantizeOptions {
+            format: Format::E4M3,
+            granularity: g,
+            layout,
+            rounding: Rounding::Nearest,
+        };
+        let s = quantize_file(&src, &q, &targets, opts, None, false, &mut noop).unwrap();
+        assert_eq!(s.converted.len(), 2);
+        let f = SafetensorsFile::open(&q).unwrap();
+        assert_eq!(f.tensors().len(), model.len() + 2);
+        // Unquantized tensors are byte-identical; weights are FP8 with scales beside them.
+        let fsrc = SafetensorsFile::open(&src).unwrap();
+        for (name, shape, _) in &model {
+            let t = f.get(name).unwrap();
+            if targets.contains(name) {
+                assert_eq!(t.dtype, Dtype::F8_E4M3);
+                let st = f.get(&format!("{name}{scale_suffix}")).unwrap();
+                assert_eq!(st.dtype, Dtype::F32);
+                assert_eq!(st.shape, g.scale_shape(shape[0], shape[1]));
+            } else {
+                let a = read_as::<u8>(&f, t).unwrap();
+                let b = read_as::<u8>(&fsrc, fsrc.get(name).unwrap()).unwrap();
+                assert_eq!(a, b, "{name}");
+            }
+        }
+        let back = d.join("back.safetensors");
+        dequantize_file(&q, &back, OutDtype::F32, &[], None, None, false, &mut noop).unwrap();
+        let fb = SafetensorsFile::open(&back).unwrap();
+        assert_eq!(fb.tensors().len(), model.len(), "scales dropped");
+        for (name, shape, x) in &model {
+            let t = fb.get(name).unwrap();
+            if !targets.contains(name) {
+                assert_eq!(t.dtype, Dtype::BF16);
+                continue;
+            }
+            assert_eq!(t.dtype, Dtype::F32);
+            let y = read_as::<f32>(&fb, t).unwrap();
+            // Each element is within half an E4M3 step of its group: |x - y| <= 2^-4 |x| for
+            // normals, plus half the subnormal step 2^-10 * scale, with scale <= amax / 448.
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in x.iter().zip(&y) {
+                let bound = a.abs() / 16.0 + amax / 448.0 * 2f32.powi(-10) + 1e-12;
+                assert!((a - b).abs() <= bound, "{name} {a} {b} {shape:?}");
+            }
+        }
+        // Reports: the quantized checkpoint against its source.
+        let files = vec![SafetensorsFile::open(&q).unwrap()];
+        let r = tensor_report(&files, &targets[0], None, None, Some(&fsrc)).unwrap();
+        assert!(r.sqnr_db.unwrap() > 25.0, "{r:?}");
+        std::fs::remove_file(&q).unwrap();
+        std::fs::remove_file(&back).unwrap();
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
+    let d = tmpdir("ds");
+    let p = d.join("ds.safetensors");
+    let (rows, cols) = (200, 300);
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|k| ((k * 131 + 7) % 256) as u8)
+        .filter(|_| true)
+        .collect();
+    let codes: Vec<u8> = codes
+        .into_iter()
+        .map(|c| if c & 0x7F == 0x7F { 0x3C } else { c })
+        .collect();
+    let sshape = [2usize, 3];
+    let scales: Vec<f32> = (0..6).map(|i| 0.001 * (i as f32 + 1.5)).collect();
+    let plan = vec![
+        OutTensor::new("l.weight", Dtype::F8_E4M3, vec![rows, cols]),
+        OutTensor::new("l.weight_scale_inv", Dtype::F32, sshape.to_vec()),
+    ];
+    let mut w = SafetensorsWriter::create(&p, plan, None, false).unwrap();
+    w.write(&codes).unwrap();
+    w.write(bytemuck::cast_slice(&scales)).unwrap();
+    w.finish().unwrap();
+    let out = d.join("o.safetensors");
+    dequantize_file(
+        &p,
+        &out,
+        OutDtype::F32,
+        &[],
+        Some((128, 128)),
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap();
+    let f = SafetensorsFile::open(&out).unwrap();
+    let y = read_as::<f32>(&f, f.get("l.weight").unwrap()).unwrap();
+    for r in 0..rows {
+        for c in 0..cols {
+            let want = scalar::decode_f64(codes[r * cols + c], Format::E4M3)
+                * f64::from(scales[(r / 128) * 3 + c / 128]);
+            assert_eq!(y[r * cols + c], want as f32);
+        }
+    }
+    // A scale of the wrong shape is an error naming it, and nothing is left behind.
+    let bad = d.join("bad.safetensors");
+    let plan = vec![
+        OutTensor::new("l.weight", Dtype::F8_E4M3, vec![rows, cols]),
+        OutTensor::new("l.weight_scale_inv", Dtype::F32, vec![3, 3]),
+    ];
+    let mut w = SafetensorsWriter::create(&bad, plan, None, false).unwrap();
+    w.write(&codes).unwrap();
+    w.write(&[0u8; 36]).unwrap();
+    w.finish().unwrap();
+    let dst = d.join("never.safetensors");
+    let e = dequantize_file(
+        &bad,
+        &dst,
+        OutDtype::BF16,
+        &[],
+        None,
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("l.weight_scale_inv"), "{e}");
+    assert!(!dst.exists());
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 3);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
+    let d = tmpdir("refuse");
+    let src = d.join("m.safetensors");
+    write_model(&src);
+    let opts = QuantizeOptions {
+        format: Format::E4M3,
+        granularity: Granularity::Channel,
+        layout: Layout::CompressedTensors,
+        rounding: Rounding::Nearest,
+    };
+    let e = quantize_file(&src, &src, &[], opts, None, true, &mut noop).unwrap_err();
+    assert!(e.to_string().contains("is the source"), "{e}");
+    let q = d.join("q.safetensors");
+    let e = quantize_file(
+        &src,
+        &q,
+        &["model.norm.weight".into()],
+        opts,
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("only 2-D"), "{e}");
+    let e = quantize_file(&src, &q, &["nope".into()], opts, None, false, &mut noop).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    // A failing progress callback (Ctrl-C) aborts and leaves nothing.
+    let mut calls = 0;
+    let mut cb = |_: Progress| {
+        calls += 1;
+        if calls > 2 {
+            Err(Error::value("interrupted"))
+        } else {
+            Ok(())
+        }
+    };
+    assert!(quantize_file(&src, &q, &[], opts, None, false, &mut cb).is_err());
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+    std::fs::remove_dir_all(&d).unwrap();
+}

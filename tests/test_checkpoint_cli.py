@@ -1,0 +1,195 @@
+"""The ``fp8fast quantize / dequantize / inspect`` commands: exit codes, one-line errors,
+atomic output, --force, --shard, --jobs, and the bad-input list."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fp8fast
+from fp8fast.cli import main
+
+from ckpt_fixtures import bad_files, model_tensors, write_model_dir, write_raw
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tree(path):
+    """Every file under path with its bytes."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = fh.read()
+    return out
+
+
+@pytest.fixture
+def model(tmp_path):
+    src = tmp_path / "model"
+    write_model_dir(str(src), model_tensors())
+    return src
+
+
+def test_help_lists_the_checkpoint_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("quantize", "dequantize", "inspect"):
+        assert cmd in out
+    for cmd in ("quantize", "dequantize", "inspect"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: fp8fast " + cmd in capsys.readouterr().out
+
+
+def test_quantize_dequantize_inspect_succeed(tmp_path, capsys, model):
+    q, b = tmp_path / "q", tmp_path / "b"
+    code, out, err = run(capsys, "quantize", str(model), str(q), "--jobs", "2")
+    assert code == 0, err
+    assert "quantized 14 tensors" in err
+    code, out, err = run(capsys, "quantize", str(model), str(tmp_path / "qb"), "--granularity", "block",
+                         "--block", "32x32", "-q")
+    assert code == 0 and err == ""
+    assert json.loads((tmp_path / "qb" / "config.json").read_text())["quantization_config"]["weight_block_size"] == [32, 32]
+    for k in (1, 2):
+        code, _, err = run(capsys, "quantize", str(model), str(tmp_path / f"qs{k}"), "-q",
+                           "--rounding", "stochastic", "--seed", "3")
+        assert code == 0, err
+    assert tree(tmp_path / "qs1") == tree(tmp_path / "qs2")
+    code, out, err = run(capsys, "dequantize", str(q), str(b), "--dtype", "bf16", "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "inspect", str(q))
+    assert code == 0 and "channel" in out and "F8_E4M3" in out
+    code, out, err = run(capsys, "inspect", str(model), "--error", "--granularity", "block")
+    assert code == 0 and "SQNR dB" in out
+
+
+def test_existing_destination_and_source_as_destination_are_refused(tmp_path, capsys, model):
+    q = tmp_path / "q"
+    assert run(capsys, "quantize", str(model), str(q), "-q")[0] == 0
+    before = tree(q)
+    code, out, err = run(capsys, "quantize", str(model), str(q), "-q")
+    assert code == 1 and err.startswith("fp8fast: error:") and "--force" in err and err.count("\n") == 1
+    assert tree(q) == before
+    code, _, err = run(capsys, "quantize", str(model), str(q), "-q", "--force", "--granularity", "tensor")
+    assert code == 0, err
+    assert json.loads((q / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] == "tensor"
+    src_before = tree(model)
+    for dst in (model, model / "inner"):
+        code, _, err = run(capsys, "quantize", str(model), str(dst), "-q", "--force")
+        assert code == 1 and "source" in err
+    shard = next(p for p in os.listdir(model) if p.endswith(".safetensors"))
+    code, _, err = run(capsys, "quantize", str(model / shard), str(model / shard), "-q", "--force")
+    assert code == 1 and "source" in err
+    assert tree(model) == src_before
+    assert sorted(os.listdir(tmp_path)) == ["model", "q"]
+
+
+def test_single_file_into_a_directory_and_shard_jobs(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    write_raw(str(src), model_tensors(layers=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run(capsys, "quantize", str(src), str(out), "-q", "--shard", "2/2")[0] == 0
+    assert os.listdir(out) == []  # the only file belongs to job 1
+    assert run(capsys, "quantize", str(src), str(out), "-q")[0] == 0
+    assert os.listdir(out) == ["m.safetensors"]
+    assert fp8fast.load_file(out / "m.safetensors")["model.layers.0.mlp.up_proj.weight"].dtype == fp8fast.E4M3
+
+
+def test_quantizing_twice_is_refused(tmp_path, capsys, model):
+    q = tmp_path / "q"
+    assert run(capsys, "quantize", str(model), str(q), "-q")[0] == 0
+    code, _, err = run(capsys, "quantize", str(q), str(tmp_path / "qq"), "-q")
+    assert code == 1 and "already quantized" in err
+
+
+def test_shards_split_across_jobs_give_the_same_output(tmp_path, capsys, model):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run(capsys, "quantize", str(model), str(full), "-q")[0] == 0
+    for i in (2, 1):
+        code, _, err = run(capsys, "quantize", str(model), str(split), "-q", "--shard", f"{i}/2")
+        assert code == 0, err
+    assert tree(split) == tree(full)
+    with pytest.raises(SystemExit) as e:  # a usage error, reported by argparse
+        main(["quantize", str(model), str(tmp_path / "x"), "--shard", "3/2"])
+    assert e.value.code == 2 and "expected I/N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case,data,message", bad_files(), ids=[c[0] for c in bad_files()])
+def test_bad_input_gives_one_clean_line_and_leaves_nothing(tmp_path, capsys, case, data, message):
+    src = tmp_path / "model"
+    write_model_dir(str(src), model_tensors(layers=1), shards=2)
+    # Replace the second shard with the malformed file: the first converts fine, the run
+    # must still fail as a whole and leave nothing at DST.
+    shard = sorted(p for p in os.listdir(src) if p.endswith(".safetensors"))[1]
+    (src / shard).write_bytes(data)
+    single = tmp_path / "single.safetensors"
+    single.write_bytes(data)
+    for argv in (
+        ["quantize", str(src), str(tmp_path / "out")],
+        ["quantize", str(single), str(tmp_path / "out.safetensors")],
+        ["dequantize", str(src), str(tmp_path / "out")],
+        ["dequantize", str(single), str(tmp_path / "out.safetensors")],
+        ["inspect", str(src)],
+        ["inspect", str(single)],
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 1, argv
+        assert err.startswith("fp8fast: error:") and err.count("\n") == 1, err
+        assert message in err, err
+        assert ("single.safetensors" in err) or (shard in err), err
+        assert "Traceback" not in err
+        assert sorted(os.listdir(tmp_path)) == ["model", "single.safetensors"], argv
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    r = subprocess.run([sys.executable, "-m", "fp8fast", "inspect", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("fp8fast: error:") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
+def test_ctrl_c_leaves_nothing_at_the_destination(tmp_path):
+    rows, cols, n = 2048, 2048, 40  # 320 MiB: long enough to be interrupted
+    src = tmp_path / "big.safetensors"
+    block = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32).astype(
+        fp8fast.BFLOAT16).tobytes()
+    header = {f"l{i}.q_proj.weight": {"dtype": "BF16", "shape": [rows, cols],
+                                      "data_offsets": [i * len(block), (i + 1) * len(block)]} for i in range(n)}
+    h = json.dumps(header).encode()
+    with open(src, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        for _ in range(n):
+            f.write(block)
+    dst = tmp_path / "out.safetensors"
+    p = subprocess.Popen([sys.executable, "-m", "fp8fast", "quantize", str(src), str(dst), "--jobs", "1"],
+                         stderr=subprocess.PIPE, text=True)
+    # Wait until the temporary output exists, i.e. conversion has started, then interrupt.
+    deadline = time.time() + 30
+    while time.time() < deadline and not any("fp8fast-tmp" in f for f in os.listdir(tmp_path)):
+        time.sleep(0.005)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the conversion finished before the interrupt arrived")
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors"]
