@@ -12,30 +12,7 @@ use pyo3::prelude::*;
 use crate::convert::{self, Wide};
 use crate::format::Format;
 
-use super::RELEASE_GIL_MIN;
-
-/// Run `f` with the GIL released when `n` elements are worth it.
-pub(crate) fn maybe_detach<R: Send>(py: Python<'_>, n: usize, f: impl FnOnce() -> R + Send) -> R {
-    if n >= RELEASE_GIL_MIN {
-        py.detach(f)
-    } else {
-        f()
-    }
-}
-
-fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.getattr("dtype")
-        .and_then(|d| d.str().map(|s| s.to_string()))
-        .unwrap_or_else(|_| {
-            obj.get_type()
-                .name()
-                .map_or_else(|_| "?".into(), |n| n.to_string())
-        })
-}
-
-fn borrow_error(e: impl std::fmt::Display) -> PyErr {
-    crate::Error::value(format!("cannot use the output array: {e}")).into()
-}
+use super::{borrow_error, dtype_name, maybe_detach};
 
 fn encode_typed<T: Wide + numpy::Element>(
     py: Python<'_>,

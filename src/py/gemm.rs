@@ -13,21 +13,7 @@ use pyo3::prelude::*;
 use crate::format::Format;
 use crate::gemm::{self, Operand, Output, Scales};
 
-use super::codec::maybe_detach;
-
-fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.getattr("dtype")
-        .and_then(|d| d.str().map(|s| s.to_string()))
-        .unwrap_or_else(|_| {
-            obj.get_type()
-                .name()
-                .map_or_else(|_| "?".into(), |n| n.to_string())
-        })
-}
-
-fn borrow_error(e: impl std::fmt::Display) -> PyErr {
-    crate::Error::value(format!("cannot use the array: {e}")).into()
-}
+use super::{borrow_error, dtype_name, maybe_detach};
 
 /// A borrowed operand of one of the supported element types.
 enum Borrowed<'py> {

@@ -25,6 +25,31 @@ impl From<Error> for PyErr {
 /// Inputs at least this large are converted with the GIL released.
 pub(crate) const RELEASE_GIL_MIN: usize = 1 << 14;
 
+/// Run `f` with the GIL released when `n` elements are worth it.
+pub(crate) fn maybe_detach<R: Send>(py: Python<'_>, n: usize, f: impl FnOnce() -> R + Send) -> R {
+    if n >= RELEASE_GIL_MIN {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+/// The dtype of an array-like (or its type name), for error messages.
+pub(crate) fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype")
+        .and_then(|d| d.str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| {
+            obj.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        })
+}
+
+/// rust-numpy refused a borrow (an output that overlaps an input, or is not writeable).
+pub(crate) fn borrow_error(e: impl std::fmt::Display) -> PyErr {
+    Error::value(format!("cannot use the array: {e}")).into()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if let Some(e) = crate::arch::env_error().or_else(crate::threads::env_error) {

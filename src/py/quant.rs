@@ -11,25 +11,10 @@ use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::error::Error;
 use crate::format::Format;
 use crate::quant::{self, DequantOutput, Granularity, QuantInput, Rounding, Scales};
 
-use super::codec::maybe_detach;
-
-fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.getattr("dtype")
-        .and_then(|d| d.str().map(|s| s.to_string()))
-        .unwrap_or_else(|_| {
-            obj.get_type()
-                .name()
-                .map_or_else(|_| "?".into(), |n| n.to_string())
-        })
-}
-
-fn borrow_error(e: impl std::fmt::Display) -> PyErr {
-    Error::value(format!("cannot use the array: {e}")).into()
-}
+use super::{borrow_error, dtype_name, maybe_detach};
 
 /// A seed: a Python int in [0, 2^64), or None for a fresh one from the OS-seeded hasher.
 fn parse_seed(seed: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
