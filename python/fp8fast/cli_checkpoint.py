@@ -258,7 +258,7 @@ def demo_step(rng: "object") -> None:
 
     from .cli import _check
 
-    print("\n[checkpoint] a small bf16 model -> FP8 (both layouts) -> inspect -> bf16")
+    print("\n[7] checkpoints: a small bf16 model -> FP8 (both layouts) -> inspect -> bf16")
     d = tempfile.mkdtemp(prefix="fp8fast-demo-")
     try:
         src = os.path.join(d, "model")
