@@ -10,6 +10,10 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::{Error, Result};
 
+/// The most threads a pool may have: enough for any machine, few enough that a typo
+/// (`set_num_threads(100000)`) is an error rather than an attempt to start that many threads.
+pub const MAX_THREADS: usize = 1024;
+
 /// Inputs smaller than this many elements run on the calling thread.
 pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
@@ -75,8 +79,10 @@ pub fn num_threads() -> usize {
 
 /// Use `n >= 1` threads for later operations. Operations already running keep their pool.
 pub fn set_num_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::value("number of threads must be >= 1"));
+    if !(1..=MAX_THREADS).contains(&n) {
+        return Err(Error::value(format!(
+            "number of threads must be >= 1 and <= {MAX_THREADS}, got {n}"
+        )));
     }
     let p = build(n)?;
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(p);

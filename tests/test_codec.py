@@ -351,6 +351,8 @@ def test_errors_name_the_problem():
         f8.set_isa("sse9")
     with pytest.raises(ValueError, match=">= 1"):
         f8.set_num_threads(0)
+    with pytest.raises(ValueError, match="<= 1024"):
+        f8.set_num_threads(100_000)
 
 
 def test_environment_overrides_in_a_fresh_process():
