@@ -28,11 +28,11 @@ fn default_threads() -> usize {
     let (n, err) = match from_env {
         None => (machine, None),
         Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => (n, None),
+            Ok(n) if (1..=MAX_THREADS).contains(&n) => (n, None),
             _ => (
                 machine,
                 Some(format!(
-                    "FP8FAST_NUM_THREADS={v}: expected a whole number >= 1"
+                    "FP8FAST_NUM_THREADS={v}: expected a whole number from 1 to {MAX_THREADS}"
                 )),
             ),
         },

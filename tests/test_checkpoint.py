@@ -492,3 +492,11 @@ def test_peak_memory_stays_below_twice_the_largest_tensor_plus_200mb(tmp_path):
         assert peak < bound, f"peak RSS {peak / 2**20:.0f} MiB >= bound {bound / 2**20:.0f} MiB"
     back = fp8fast.safe_open(tmp_path / "b.safetensors")
     assert back.keys() == list(header)
+
+
+def test_save_file_with_an_empty_tensor_first(tmp_path):
+    p = tmp_path / "empty-first.safetensors"
+    fp8fast.save_file({"c": np.zeros((0, 5), np.float16), "a": np.ones(2, np.float32)}, p)
+    got = fp8fast.load_file(p)
+    assert got["c"].shape == (0, 5) and got["c"].dtype == np.float16
+    assert np.array_equal(got["a"], np.ones(2, np.float32))

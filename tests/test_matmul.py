@@ -369,3 +369,16 @@ def test_nan_e4m3_weights_gemv(isa, m):
     assert not np.isnan(np.delete(c, [5, 9, 20], axis=1)).any()
     keep = [j for j in range(n) if j not in (5, 9, 20)]
     check(c[:, keep], x, w.T[:, keep])
+
+
+def test_empty_result_with_a_huge_batch_returns_at_once():
+    c = matmul(np.empty((2**40, 0, 5), np.float32), np.ones((5, 4), np.float32))
+    assert c.shape == (2**40, 0, 4)
+
+
+def test_self_overlapping_out_is_assigned_like_numpy():
+    from numpy.lib.stride_tricks import as_strided
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = as_strided(np.zeros(1, np.float32), (3, 3), (0, 0))
+    matmul(a, np.eye(4, 3, dtype=np.float32), out=out)
+    assert out[0, 0] in (a[:, :3]).ravel()  # one cell, holding one of the results

@@ -87,13 +87,18 @@ class safe_open:
         if framework not in ("numpy", "np"):
             raise ValueError(f"framework {framework!r} is not supported: fp8fast returns numpy arrays")
         self._path = os.fspath(path)
-        file_len, rows, meta = _core.read_header(self._path)
-        self._meta = meta
-        self._entries = {r[0]: r for r in rows}
-        self._order = [r[0] for r in rows]
         with open(self._path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size != file_len:
-                raise ValueError(f"{self._path}: the file changed size while it was opened")
+            opened = os.fstat(fh.fileno())
+            file_len, rows, meta = _core.read_header(self._path)
+            # The header was read through the path, the map comes from `fh`: both must be the
+            # same file, or a file replaced in between (as save_file and the CLI do, by rename)
+            # would have one file's header applied to another's bytes.
+            now = os.stat(self._path)
+            if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) or opened.st_size != file_len:
+                raise ValueError(f"{self._path}: the file was replaced or changed while it was opened")
+            self._meta = meta
+            self._entries = {r[0]: r for r in rows}
+            self._order = [r[0] for r in rows]
             # mmap cannot map an empty range; a file with no tensor data needs no map.
             self._map: Optional[mmap.mmap] = (
                 mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if file_len > 0 else None
@@ -142,7 +147,10 @@ def load_file(path: "os.PathLike[str] | str", *, copy: bool = False) -> Dict[str
         The file. Its header is fully validated first (sizes, offsets, dtypes, overlaps).
     copy : bool, default False
         False: read-only arrays viewing a memory map of the file (zero-copy; the map lives as
-        long as any array). True: writable in-memory copies.
+        long as any array). As with any memory map (numpy.memmap, safetensors), a file that is
+        truncated in place while such arrays live makes reading them fail with SIGBUS; files
+        replaced by rename, as fp8fast and safetensors write them, are safe. True: writable
+        in-memory copies, independent of the file.
 
     Returns
     -------

@@ -134,6 +134,29 @@ def prepare_out(out: Any, shape: tuple, dtype: np.dtype, also_uint8: bool = Fals
     return out
 
 
+def overlaps_itself(a: np.ndarray) -> bool:
+    """Whether two elements of ``a`` may share memory (a stride-0 broadcast view, or an
+    ``as_strided`` construction). The test is sufficient: each axis, from the smallest stride
+    up, must step over everything the axes below it span."""
+    extent = a.itemsize
+    for stride, n in sorted((abs(st), n) for st, n in zip(a.strides, a.shape) if n > 1):
+        if stride < extent:
+            return True
+        extent += stride * (n - 1)
+    return False
+
+
+def _run_into(result: np.ndarray, fill) -> None:
+    """Call ``fill(target)``; an output whose elements overlap each other gets a temporary
+    (the kernels write elements in parallel) and is then assigned like numpy would."""
+    if overlaps_itself(result):
+        tmp = np.empty(result.shape, result.dtype)
+        fill(tmp)
+        np.copyto(result, tmp)
+    else:
+        fill(result)
+
+
 def _unaliased(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     # Like a ufunc: the result is as if the input had been read before anything was written.
     return src.copy() if np.may_share_memory(src, out) else src
@@ -205,11 +228,12 @@ def encode(
     src = as_wide_array(x)
     result = prepare_out(out, src.shape, _FP8_DTYPES[name], also_uint8=True)
     src = _unaliased(src, result)
-    codes = result.view(np.uint8)
     if rounding == "nearest":
-        _core.encode_into(src, codes, name, bool(saturate))
+        _run_into(result, lambda r: _core.encode_into(src, r.view(np.uint8), name, bool(saturate)))
     elif rounding == "stochastic":
-        _core.encode_stochastic_into(src, codes, name, bool(saturate), resolve_seed(seed))
+        seed = resolve_seed(seed)
+        _run_into(result, lambda r: _core.encode_stochastic_into(
+            src, r.view(np.uint8), name, bool(saturate), seed))
     else:
         raise ValueError(f"unknown rounding {rounding!r}: expected 'nearest' or 'stochastic'")
     return result
@@ -250,7 +274,7 @@ def decode(
         dt = wide_dtype(dtype)
     result = prepare_out(out, codes.shape, dt)
     codes = _unaliased(codes, result)
-    _core.decode_into(codes, result, name)
+    _run_into(result, lambda r: _core.decode_into(codes, r, name))
     return result
 
 

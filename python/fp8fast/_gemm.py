@@ -182,8 +182,10 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
             )
         if not out.flags.writeable:
             raise ValueError("out is read-only")
+    if out.size == 0:
+        return out  # nothing to compute, however many (empty) batch entries there are
     target = out
-    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+    if np.may_share_memory(out, a) or np.may_share_memory(out, b) or _codec.overlaps_itself(out):
         target = np.empty(shape, out.dtype)
     view = target
     if b_vec:

@@ -82,6 +82,9 @@ fn write_file(
     py.detach(|| -> Result<(), Error> {
         let mut w = SafetensorsWriter::create(&path, plan, metadata, overwrite)?;
         for (s, name) in slices.iter().zip(&names) {
+            if s.is_empty() {
+                continue; // no bytes to write; the writer steps over empty tensors itself
+            }
             match w.current_tensor() {
                 Some(t) if t.name != *name => {
                     return Err(Error::value(format!(

@@ -42,11 +42,12 @@ fn fresh_seed() -> u64 {
 }
 
 /// A C-ordered view of `a` (borrowed when it already is, copied otherwise).
-fn c_order<'a, T: Clone>(a: ArrayViewD<'a, T>) -> CowArray<'a, T, IxDyn> {
+fn c_order<'a, T: Clone>(a: ArrayViewD<'a, T>) -> crate::Result<CowArray<'a, T, IxDyn>> {
     if a.is_standard_layout() {
-        CowArray::from(a)
+        Ok(CowArray::from(a))
     } else {
-        CowArray::from(a.as_standard_layout().into_owned())
+        quant::ensure_allocatable(a.len(), std::mem::size_of::<T>())?;
+        Ok(CowArray::from(a.as_standard_layout().into_owned()))
     }
 }
 
@@ -68,7 +69,7 @@ fn quantize_typed<'py, T: QuantInput + numpy::Element>(
     let mut qrw = q.try_readwrite().map_err(borrow_error)?;
     let qs = qrw.as_slice_mut().map_err(borrow_error)?;
     let scales = maybe_detach(py, n, || -> crate::Result<Scales> {
-        let c = c_order(view);
+        let c = c_order(view)?;
         let xs = c.as_slice().expect("standard layout is contiguous");
         quant::quantize(xs, &shape, fmt, granularity, rounding, qs)
     })?;
@@ -172,7 +173,7 @@ fn dequantize_typed<'py, T: DequantOutput + numpy::Element>(
     let mut orw = out.try_readwrite().map_err(borrow_error)?;
     let os = orw.as_slice_mut().map_err(borrow_error)?;
     maybe_detach(py, n, || -> crate::Result<()> {
-        let c = c_order(q);
+        let c = c_order(q)?;
         let qs = c.as_slice().expect("standard layout is contiguous");
         quant::dequantize(qs, &shape, fmt, granularity, scales, os)
     })?;
@@ -236,6 +237,7 @@ fn dequantize<'py>(
         })?;
         let ro = s.try_readonly().map_err(borrow_error)?;
         check_scale_shape(ro.as_array().shape(), &layout, granularity)?;
+        quant::ensure_allocatable(ro.len(), 4)?;
         ro.as_array()
             .iter()
             .map(|&c| quant::e8m0_value(c))
@@ -250,6 +252,7 @@ fn dequantize<'py>(
         })?;
         let ro = s.try_readonly().map_err(borrow_error)?;
         check_scale_shape(ro.as_array().shape(), &layout, granularity)?;
+        quant::ensure_allocatable(ro.len(), 4)?;
         ro.as_array().iter().copied().collect()
     };
     match dtype {
@@ -301,7 +304,7 @@ fn amax_typed<'py, T: QuantInput + numpy::Element>(
     }
     let (rows, cols) = (view.shape()[0], view.shape()[1]);
     let out = maybe_detach(py, view.len(), || {
-        let c = c_order(view);
+        let c = c_order(view)?;
         let xs = c.as_slice().expect("standard layout is contiguous");
         quant::amax_rows(xs, rows, cols, ignore_nan)
     })?;
@@ -352,7 +355,7 @@ fn stochastic_typed<T: QuantInput + numpy::Element>(
     let n = s.len();
     maybe_detach(py, n, || -> crate::Result<()> {
         // Element i of the C-order traversal uses draw i, whatever the strides.
-        let c = c_order(s);
+        let c = c_order(s)?;
         let xs = c.as_slice().expect("standard layout is contiguous");
         if let Some(ds) = d.as_slice_mut() {
             return quant::encode_stochastic(xs, ds, fmt, saturate, seed, 0);

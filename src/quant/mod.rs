@@ -168,9 +168,32 @@ pub struct Layout {
     pub scale_shape: Vec<usize>,
 }
 
+/// Fail with an error instead of aborting the process when `count` records of `bytes_each`
+/// bytes cannot be allocated: a zero-size input can still ask for 2^40 row scales, and a
+/// stride-0 view for a huge copy. The probe reserves address space only and frees it at once.
+pub fn ensure_allocatable(count: usize, bytes_each: usize) -> Result<()> {
+    let mut probe: Vec<u8> = Vec::new();
+    match count
+        .checked_mul(bytes_each)
+        .map(|b| probe.try_reserve_exact(b))
+    {
+        Some(Ok(())) => Ok(()),
+        _ => Err(Error::value(format!(
+            "out of memory: {count} elements of {bytes_each} bytes cannot be allocated"
+        ))),
+    }
+}
+
 impl Layout {
     /// The layout of `granularity` on an array of `shape`.
     pub fn new(shape: &[usize], granularity: Granularity) -> Result<Layout> {
+        let lay = Self::new_unchecked(shape, granularity)?;
+        // Per group: amax keys, reciprocal and scale (and slack): see `quantize`.
+        ensure_allocatable(lay.n_scales(), 48)?;
+        Ok(lay)
+    }
+
+    fn new_unchecked(shape: &[usize], granularity: Granularity) -> Result<Layout> {
         let n: usize = shape.iter().product();
         let ndim = shape.len();
         Ok(match granularity {
@@ -525,6 +548,7 @@ pub fn absmax_rows<T: QuantInput>(x: &[T], rows: usize, cols: usize) -> Result<V
             x.len()
         )));
     }
+    ensure_allocatable(rows, std::mem::size_of::<AbsMaxKeys>())?;
     if rows == 1 {
         return Ok(vec![absmax_all(x)]);
     }
