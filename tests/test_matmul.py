@@ -369,3 +369,35 @@ def test_nan_e4m3_weights_gemv(isa, m):
     assert not np.isnan(np.delete(c, [5, 9, 20], axis=1)).any()
     keep = [j for j in range(n) if j not in (5, 9, 20)]
     check(c[:, keep], x, w.T[:, keep])
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("k", [1, 63, 65, 200, 1000])
+def test_gemv_shapes(isa, dtype, m, k):
+    # x @ w.T for m = 1..8 (the GEMV kernels; m = 1 with E4M3 takes the bfloat16 kernel on
+    # AVX-512 BF16 + VBMI), K around the 64-byte blocks, with and without block scales.
+    rng = np.random.default_rng(m * 1000 + k)
+    n = 37
+    x = rand(rng, (m, k), F32)
+    w = rand(rng, (n, k), dtype)
+    check(matmul(x, w.T), x, w.T)
+    sa = (rng.random((m, -(-k // 32))) + 0.5).astype(np.float32)
+    sb = (rng.random((-(-k // 32), n)) + 0.5).astype(np.float32)
+    check(matmul(x, w.T, scale_a=sa, scale_b=sb, block=32), x, w.T, sa, sb, block=32)
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_tiny_activations(isa, dtype, m):
+    # Activations around 2**-80 (the smallest magnitude the bfloat16 kernel splits exactly into
+    # three normal bfloat16 parts) and below it (then the float32 kernel runs), plus zeros.
+    rng = np.random.default_rng(31)
+    k, n = 300, 19
+    w = rand(rng, (n, k), dtype)
+    base = rand(rng, (m, k), F32)
+    for low in (2.0**-80, 2.0**-100, 2.0**-130):
+        x = (base * np.float32(low)).astype(np.float32)
+        x[:, ::7] = np.float32(2.0**-80) * np.float32(1 + 2.0**-23)
+        x[:, 3::11] = 0
+        check(matmul(x, w.T), x, w.T)
