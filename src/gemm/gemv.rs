@@ -431,6 +431,9 @@ mod x86 {
                         // value over the rows is 0x7F there: one compare for all C rows.
                         let mut top = _mm512_setzero_si512();
                         for row in wr {
+                            prefetch_next(row, C, ldw, p);
+                        }
+                        for row in wr {
                             let v = _mm512_loadu_si512(row.add(p).cast());
                             top = _mm512_max_epu8(top, _mm512_and_si512(v, low7));
                         }
@@ -453,6 +456,11 @@ mod x86 {
                     }
                 }
                 while p + 16 <= klen {
+                    if p % 64 == 0 {
+                        for row in wr {
+                            prefetch_next(row, C, ldw, p);
+                        }
+                    }
                     let d: [__m512; C] = wr.map(|row| decode(_mm_loadu_si128(row.add(p).cast())));
                     for r in 0..R {
                         let xv = _mm512_loadu_ps(x.add(r * ldx + p));
@@ -482,6 +490,21 @@ mod x86 {
             }
             j += C;
         }
+    }
+
+    /// Prefetches into L2 the byte at offset `p` of the weight row `cols` rows after `row`: the
+    /// row the next column group reads at this point. The kernels stream C rows side by side;
+    /// requesting the next group's rows while this one is decoded keeps more DRAM requests in
+    /// flight than the hardware prefetchers do on their own. Measured (1 thread, Zen 4),
+    /// 1 x 8192 x 8192: bfloat16 kernel 3.8 -> 3.3 ms, AVX-512 E4M3 4.4 -> 4.2, E5M2 3.8 ->
+    /// 3.45, AVX2 6.0 -> 5.5 / 5.3 -> 4.6; 8 x 4096 x 4096: AVX-512 3.6 -> 3.1 ms. A distance of
+    /// two groups was no better. Past the last column the address is outside the weights:
+    /// prefetches do not fault, and the pointer is formed with wrapping arithmetic.
+    #[inline(always)]
+    fn prefetch_next(row: *const u8, cols: usize, ldw: isize, p: usize) {
+        let ahead = row.wrapping_offset(cols as isize * ldw + p as isize);
+        // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.cast()) };
     }
 
     /// Whether the CPU has AVX-512 VBMI (`vpermi2b`), which `dot_bf16` needs besides
@@ -600,6 +623,10 @@ mod x86 {
                     let as_bf16 = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
                     let mut d0 = [as_bf16(_mm512_setzero_si512()); C];
                     let mut d1 = [as_bf16(_mm512_setzero_si512()); C];
+                    // The next column group's bytes at this offset into L2 (see `prefetch_next`).
+                    for row in wr {
+                        prefetch_next(row, C, ldw, 64 * blk);
+                    }
                     for c in 0..C {
                         let v = _mm512_maskz_loadu_epi8(mask, wr[c].add(64 * blk).cast());
                         let high = _mm512_permutex2var_epi8(high0, v, high1);
@@ -747,6 +774,11 @@ mod x86 {
                     let sign = _mm256_set1_epi8(-128);
                     let ones = _mm256_set1_epi8(-1);
                     while p + 32 <= main {
+                        if p % 64 == 0 {
+                            for row in wr {
+                                prefetch_next(row, C, ldw, p);
+                            }
+                        }
                         let mut nan = _mm256_setzero_si256();
                         for row in wr {
                             let v = _mm256_loadu_si256(row.add(p).cast());
@@ -774,6 +806,11 @@ mod x86 {
                     }
                 }
                 while p < main {
+                    if p % 64 == 0 {
+                        for row in wr {
+                            prefetch_next(row, C, ldw, p);
+                        }
+                    }
                     let d: [__m256; C] = wr.map(|row| decode(_mm_loadl_epi64(row.add(p).cast())));
                     for r in 0..R {
                         let xv = _mm256_loadu_ps(x.add(r * ldx + p));
