@@ -357,7 +357,7 @@ def test_nan_e4m3_weights_gemv(isa, m):
     # E4M3 weights as w.T (the GEMV path): NaN codes after clean 64-byte blocks, in the first
     # block, and in the tail; only their columns become NaN.
     rng = np.random.default_rng(9)
-    k, n = 300, 21
+    k, n = 300, (530 if m == 1 else 21)  # m = 1, n >= 512: the bfloat16 kernel where it runs
     x = rand(rng, (m, k), F32)
     w = rand(rng, (n, k), E4M3)
     w[5, 200] = np.nan
@@ -375,10 +375,10 @@ def test_nan_e4m3_weights_gemv(isa, m):
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("k", [1, 63, 65, 200, 1000])
 def test_gemv_shapes(isa, dtype, m, k):
-    # x @ w.T for m = 1..8 (the GEMV kernels; m = 1 with E4M3 takes the bfloat16 kernel on
-    # AVX-512 BF16 + VBMI), K around the 64-byte blocks, with and without block scales.
+    # x @ w.T for m = 1..8 (the GEMV kernels; m = 1, n >= 512 with E4M3 takes the bfloat16
+    # kernel on AVX-512 BF16 + VBMI), K around the 64-byte blocks, with and without block scales.
     rng = np.random.default_rng(m * 1000 + k)
-    n = 37
+    n = 520 if m == 1 else 37
     x = rand(rng, (m, k), F32)
     w = rand(rng, (n, k), dtype)
     check(matmul(x, w.T), x, w.T)
@@ -393,11 +393,12 @@ def test_gemv_tiny_activations(isa, dtype, m):
     # Activations around 2**-80 (the smallest magnitude the bfloat16 kernel splits exactly into
     # three normal bfloat16 parts) and below it (then the float32 kernel runs), plus zeros.
     rng = np.random.default_rng(31)
-    k, n = 300, 19
+    k, n = 300, 515
     w = rand(rng, (n, k), dtype)
     base = rand(rng, (m, k), F32)
     for low in (2.0**-80, 2.0**-100, 2.0**-130):
-        x = (base * np.float32(low)).astype(np.float32)
+        # |x| >= low, with all 24 significand bits used (lo parts near low * 2**-23).
+        x = (np.sign(base) * (1 + np.abs(base)) * np.float32(low)).astype(np.float32)
         x[:, ::7] = np.float32(2.0**-80) * np.float32(1 + 2.0**-23)
         x[:, 3::11] = 0
         check(matmul(x, w.T), x, w.T)

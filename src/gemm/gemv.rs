@@ -70,10 +70,12 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     // three normal bfloat16 parts (see `split_activation`). Measured on Zen 4 (1 x 8192 x
     // 8192): 3.85 ms against 4.45 ms for the float32 kernel; with E5M2 weights (decoded by a
     // shift) both take 3.8 ms, and with 2 or more rows the float32 kernel is faster (three
-    // `vdpbf16ps` per 32 weights and row against two FMAs), so those keep the float32 kernels.
+    // `vdpbf16ps` per 32 weights and row against two FMAs), so those keep the float32 kernels,
+    // as do narrow products (see `BF16_MIN_COLS`).
     #[cfg(target_arch = "x86_64")]
     let split = isa == Isa::Avx512Bf16
         && m == 1
+        && n >= BF16_MIN_COLS
         && fmt == Format::E4M3
         && x86::has_vbmi()
         && x.iter()
@@ -180,6 +182,11 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         (0..items).for_each(item);
     }
 }
+
+/// Fewest output columns for which the bfloat16 kernel pays for splitting the activations
+/// (about 30 us for k = 8192, serial, against 0.12 us saved per column; measured break-even
+/// near 250 columns on one thread, twice that on two).
+const BF16_MIN_COLS: usize = 512;
 
 /// Smallest nonzero activation magnitude the bfloat16 kernel takes (see `split_activation`).
 const SPLIT_MIN: f32 = 1.0 / (1u128 << 80) as f32;

@@ -492,12 +492,18 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
             for &k in &[1usize, 2, 63, 64, 65, 200, 1000] {
                 for fmt in [Format::E4M3, Format::E5M2] {
                     for case in 0..4 {
-                        let n = [1, 9, 70, 17][case];
+                        // n >= 512 with m = 1 and E4M3 takes the bfloat16 kernel (BF16 + VBMI).
+                        let n = if m == 1 {
+                            [1, 9, 520, 530][case]
+                        } else {
+                            [1, 9, 70, 17][case]
+                        };
                         let a = Array2::from_shape_fn((m, k), |(i, p)| {
                             let v = rng.f32();
                             match (case, (i + p) % 5) {
-                                // Exactly 2^-80 times values with all 24 bits used.
-                                (1, 0) => v * tiny,
+                                // At least 2^-80 (the bfloat16 kernel still runs), all 24
+                                // bits used: the lo parts are near 2^-103.
+                                (1, 0) => v.signum() * (1.0 + v.abs()) * tiny,
                                 (1, 1) => tiny * (1.0 + f32::EPSILON),
                                 // Below the bfloat16 kernel's range: the float32 fallback.
                                 (2, 0) if i == 0 && p == k / 2 => v * tiny * 0.25,
