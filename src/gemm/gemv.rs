@@ -82,8 +82,19 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
             .all(|&v| v == 0.0 || (v.is_finite() && v.abs() >= SPLIT_MIN));
     #[cfg(not(target_arch = "x86_64"))]
     let split = false;
+    // Otherwise one row times E4M3 weights on AVX-512 with VBMI decodes the weights by the
+    // same tables straight to float32 (`x86::dot_table_f32`), any activations.
+    #[cfg(target_arch = "x86_64")]
+    let table_f32 = !split
+        && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && m == 1
+        && n >= BF16_MIN_COLS
+        && fmt == Format::E4M3
+        && x86::has_vbmi();
+    #[cfg(not(target_arch = "x86_64"))]
+    let table_f32 = false;
     let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !split {
+    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !split && !table_f32 {
         x.iter_mut().for_each(|v| *v *= 256.0);
         weights = Weights::E4M3TimesTwoPowMinus8;
     }
@@ -102,6 +113,11 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     let seg_pad = seg.div_ceil(64) * 64;
     let xs = if split {
         split_activations(&x, m, k, seg, seg_pad)
+    } else {
+        Vec::new()
+    };
+    let xp = if table_f32 {
+        permute_activations(&x, k, seg, seg_pad)
     } else {
         Vec::new()
     };
@@ -136,6 +152,23 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
                         x86::dot_bf16(
                             klen,
                             xs[kb * seg_pad * 3..].as_ptr(),
+                            x[k0..].as_ptr(),
+                            w,
+                            b.cs,
+                            ncols,
+                            &tables,
+                            part.as_mut_ptr(),
+                        )
+                    };
+                } else if table_f32 {
+                    // SAFETY: as below; with `table_f32`, m == 1 and `xp` holds segment `kb`
+                    // from `kb * seg_pad` on, ceil(klen / 64) blocks of 64; `table_f32` implies
+                    // AVX-512 (the active ISA is at least that) and VBMI (detected).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::dot_table_f32(
+                            klen,
+                            xp[kb * seg_pad..].as_ptr(),
                             x[k0..].as_ptr(),
                             w,
                             b.cs,
@@ -230,6 +263,24 @@ fn split_activations(x: &[f32], m: usize, k: usize, seg: usize, seg_pad: usize) 
         }
     }
     xs
+}
+
+/// One activation row in the order `dot_table_f32` multiplies it: per K segment of `seg`
+/// (padded with zeros to `seg_pad`, a multiple of 64), per 64-element block, four vectors of
+/// 16: the kernel widens the byte-unpacked bfloat16 weights (see `split_activations`) to
+/// float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
+/// `16 L + 4 v + i`.
+fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f32> {
+    let mut xp = vec![0.0f32; k.div_ceil(seg) * seg_pad];
+    for (s, seg_vals) in x[..k].chunks(seg).enumerate() {
+        let seg_out = &mut xp[s * seg_pad..];
+        for (p, &v) in seg_vals.iter().enumerate() {
+            let (block, pos) = (p / 64, p % 64);
+            let (lane, vec, i) = (pos / 16, pos % 16 / 4, pos % 4);
+            seg_out[block * 64 + 16 * vec + 4 * lane + i] = v;
+        }
+    }
+    xp
 }
 
 /// Row `i` of `a` as float32.
@@ -656,6 +707,111 @@ mod x86 {
                             acc[c] = _mm512_dpbf16_ps(acc[c], d0[c], x0);
                             acc[c] = _mm512_dpbf16_ps(acc[c], d1[c], x1);
                         }
+                    }
+                }
+                let count = C.min(ncols - j);
+                if has_nan {
+                    dot512::<1, C, 1>(
+                        klen,
+                        x,
+                        0,
+                        w.offset(j as isize * ldw),
+                        ldw,
+                        count,
+                        out.add(j),
+                    );
+                } else {
+                    for c in 0..count {
+                        *out.add(j + c) = _mm512_reduce_add_ps(acc[c]);
+                    }
+                }
+                j += C;
+            }
+        }
+    }
+
+    /// One activation row (permuted, see `permute_activations`) against `ncols` E4M3 weight
+    /// rows decoded by the bfloat16 tables of `dot_bf16` and widened to float32 (a bfloat16
+    /// is the top half of its float32), then float32 FMA: per 64 bytes two `vpermi2b`, a
+    /// `vpternlogd`, two byte and four word unpacks instead of four sign extensions, shifts,
+    /// masks and `vcvtph2ps`. Exact decode, so the sums are those of the float32 kernel up to
+    /// order. A 64-byte block holding a NaN code sends the column group to the float32 kernel.
+    ///
+    /// # Safety
+    /// AVX-512 F + BW + VL + VBMI available; `xp` holds ceil(klen / 64) blocks of 64 floats
+    /// (zero past klen), `x` klen floats, `w` `ncols` rows of klen bytes `ldw` apart, `out`
+    /// `ncols` floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_table_f32(
+        klen: usize,
+        xp: *const f32,
+        x: *const f32,
+        w: *const u8,
+        ldw: isize,
+        ncols: usize,
+        tables: &E4m3Bf16Tables,
+        out: *mut f32,
+    ) {
+        const C: usize = BF16_COLS;
+        let blocks = klen.div_ceil(64);
+        let tail_mask = match klen % 64 {
+            0 => u64::MAX,
+            t => (1u64 << t) - 1,
+        };
+        // SAFETY: the features are enabled; weight loads are masked to klen bytes of the
+        // caller's rows, activation blocks are inside `xp` (padded).
+        unsafe {
+            let high0 = _mm512_loadu_si512(tables.high.as_ptr().cast());
+            let high1 = _mm512_loadu_si512(tables.high[64..].as_ptr().cast());
+            let low0 = _mm512_loadu_si512(tables.low.as_ptr().cast());
+            let low1 = _mm512_loadu_si512(tables.low[64..].as_ptr().cast());
+            let sign = _mm512_set1_epi8(-128);
+            let nan_high = _mm512_set1_epi8(NAN_HIGH_BYTE);
+            let zero = _mm512_setzero_si512();
+            let mut j = 0;
+            while j < ncols {
+                // Past the last column, the last one is computed again and not stored.
+                let wr: [*const u8; C] =
+                    std::array::from_fn(|c| w.offset((j + c).min(ncols - 1) as isize * ldw));
+                let mut acc = [_mm512_setzero_ps(); C];
+                let mut has_nan = false;
+                for blk in 0..blocks {
+                    let mask = if blk + 1 == blocks {
+                        tail_mask
+                    } else {
+                        u64::MAX
+                    };
+                    for row in wr {
+                        prefetch_next(row, C, ldw, 64 * blk);
+                    }
+                    // Decoded vectors go straight into the FMAs (4 x C would not fit the
+                    // registers); a NaN found afterwards discards the group's sums anyway.
+                    let xb = xp.add(64 * blk);
+                    let xv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(xb.add(16 * v)));
+                    let mut nan = 0u64;
+                    for c in 0..C {
+                        let v = _mm512_maskz_loadu_epi8(mask, wr[c].add(64 * blk).cast());
+                        let high = _mm512_permutex2var_epi8(high0, v, high1);
+                        let low = _mm512_permutex2var_epi8(low0, v, low1);
+                        nan |= _mm512_cmpge_epu8_mask(high, nan_high);
+                        // high | (v & sign), ternary-logic truth table A | (B & C).
+                        let high = _mm512_ternarylogic_epi32::<0xF8>(high, v, sign);
+                        let h0 = _mm512_unpacklo_epi8(low, high);
+                        let h1 = _mm512_unpackhi_epi8(low, high);
+                        let d = [
+                            _mm512_unpacklo_epi16(zero, h0),
+                            _mm512_unpackhi_epi16(zero, h0),
+                            _mm512_unpacklo_epi16(zero, h1),
+                            _mm512_unpackhi_epi16(zero, h1),
+                        ];
+                        for (dv, xv) in d.into_iter().zip(xv) {
+                            acc[c] = _mm512_fmadd_ps(_mm512_castsi512_ps(dv), xv, acc[c]);
+                        }
+                    }
+                    if nan != 0 {
+                        has_nan = true;
+                        break;
                     }
                 }
                 let count = C.min(ncols - j);
