@@ -10,6 +10,12 @@
 //! this beats packing: rows go in groups of 8 over 64-column slices of the weights that stay
 //! in L2 between groups.
 //!
+//! One activation row times E4M3 weights (LLM decoding) has two more kernels where the CPU has
+//! AVX-512 VBMI: `vpermi2b` looks up the bfloat16 pattern of 64 weight bytes at a time in two
+//! 128-byte tables, then either `vdpbf16ps` multiplies it against the activations split once
+//! into three bfloat16 parts (`x86::dot_bf16`, AVX-512 BF16) or word unpacks widen it to float32
+//! for FMA (`x86::dot_table_f32`). All kernels prefetch the next column group's weights.
+//!
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
 
