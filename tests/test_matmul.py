@@ -255,11 +255,14 @@ def test_out_overlapping_input():
     np.testing.assert_array_equal(a, want)
 
 
-# m = 3 and 40 with float32 activations take the GEMV path, the others the blocked GEMM.
-@pytest.mark.parametrize("m,n,k", [(300, 200, 600), (3, 1000, 700), (60, 700, 300), (40, 300, 200)])
+# m = 1, 3 and 40 with float32 activations take the GEMV path (m = 1: the one-row VBMI
+# kernels where the CPU has them), the others the blocked GEMM.
+@pytest.mark.parametrize(
+    "m,n,k", [(300, 200, 600), (1, 1000, 700), (3, 1000, 700), (60, 700, 300), (40, 300, 200)]
+)
 def test_thread_count_does_not_change_results(isa, threads, m, n, k):
     rng = np.random.default_rng(7)
-    a, w = rand(rng, (m, k), F32 if m in (3, 40) else E4M3), rand(rng, (n, k), E4M3)
+    a, w = rand(rng, (m, k), F32 if m in (1, 3, 40) else E4M3), rand(rng, (n, k), E4M3)
     sb = (rng.random((1, n)) + 0.5).astype(np.float32)
     core.set_num_threads(1)
     c1 = matmul(a, w.T, scale_b=sb)
