@@ -73,11 +73,13 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     };
     // One activation row times E4M3 weights takes the bfloat16 kernel (`x86::dot_bf16`) where
     // the CPU has AVX-512 BF16 and VBMI (byte tables) and the activations split exactly into
-    // three normal bfloat16 parts (see `split_activation`). Measured on Zen 4 (1 x 8192 x
-    // 8192): 3.85 ms against 4.45 ms for the float32 kernel; with E5M2 weights (decoded by a
-    // shift) both take 3.8 ms, and with 2 or more rows the float32 kernel is faster (three
-    // `vdpbf16ps` per 32 weights and row against two FMAs), so those keep the float32 kernels,
-    // as do narrow products (see `BF16_MIN_COLS`).
+    // three normal bfloat16 parts (see `split_activation`). Measured on Zen 4, one thread,
+    // 1 x 8192 x 8192 with prefetching: 3.25 ms, against 3.3-3.4 ms for the table decode to
+    // float32 (`x86::dot_table_f32`) and 4.2 ms for the binary16 decode of `dot512` (2-3%
+    // apart from the table kernel, which alone would be simpler; equal when the weights are
+    // in cache). With E5M2 weights (decoded by a shift) the bfloat16 kernel was no faster, and
+    // with 2 or more rows the float32 kernels are faster (three `vdpbf16ps` per 32 weights and
+    // row against two FMAs), so those keep them, as do narrow products (`BF16_MIN_COLS`).
     #[cfg(target_arch = "x86_64")]
     let split = isa == Isa::Avx512Bf16
         && m == 1
@@ -628,11 +630,16 @@ mod x86 {
     /// results flushed. Here every product is exact in float32 (8 x 4 significant bits), and
     /// all products and partial sums are integer multiples of 2^-112 (activation parts are
     /// multiples of ulp(x) >= 2^-103, E4M3 weights of 2^-9; rounding keeps a sum >= 2^-112 a
-    /// multiple of 2^-112), so none is denormal and DAZ / FTZ never apply. Each lane adds the
-    /// parts of its 2 weights per block in order; with the 16 lanes summed at the end, a
-    /// product passes through at most 6 * ceil(k / 64) - 1 + 4 roundings (fewer for tiny k:
-    /// additions of exact zeros do not round), within the `(k + 2) * 2^-23` bound (see
-    /// `gemv` docs).
+    /// multiple of 2^-112), so none is denormal and DAZ / FTZ never apply.
+    ///
+    /// Error bound: the three parts of `x * w` are exact products of one sign summing to `x * w`,
+    /// so the usual recursive-summation argument applies with at most these roundings
+    /// (u = 2^-24) on any term's path: a lane adds 3 parts of each of its 2 weights per block in
+    /// order (`3 min(k, 2 ceil(k / 64)) - 1` roundings: adding exact zeros does not round), then
+    /// the 16 lanes are summed in a tree of depth 4 (fewer nontrivial levels when few lanes
+    /// hold terms). That is 2 for k = 1, at most 5 for k = 2, and `6 ceil(k / 64) + 3` in
+    /// general: always at most `2k + 2`, which leaves 2 roundings for the scale products within
+    /// the `(k + 2) * 2^-23 = (2k + 4) u` bound of the design.
     ///
     /// A 64-byte block holding a NaN code stops the column group, which is then computed
     /// again by the float32 kernel (NaN-aware decode) from the unsplit activations `x`.
