@@ -255,11 +255,14 @@ def test_out_overlapping_input():
     np.testing.assert_array_equal(a, want)
 
 
-# m = 3 and 40 with float32 activations take the GEMV path, the others the blocked GEMM.
-@pytest.mark.parametrize("m,n,k", [(300, 200, 600), (3, 1000, 700), (60, 700, 300), (40, 300, 200)])
+# m = 1, 3 and 40 with float32 activations take the GEMV path (m = 1: the one-row VBMI
+# kernels where the CPU has them), the others the blocked GEMM.
+@pytest.mark.parametrize(
+    "m,n,k", [(300, 200, 600), (1, 1000, 700), (3, 1000, 700), (60, 700, 300), (40, 300, 200)]
+)
 def test_thread_count_does_not_change_results(isa, threads, m, n, k):
     rng = np.random.default_rng(7)
-    a, w = rand(rng, (m, k), F32 if m in (3, 40) else E4M3), rand(rng, (n, k), E4M3)
+    a, w = rand(rng, (m, k), F32 if m in (1, 3, 40) else E4M3), rand(rng, (n, k), E4M3)
     sb = (rng.random((1, n)) + 0.5).astype(np.float32)
     core.set_num_threads(1)
     c1 = matmul(a, w.T, scale_b=sb)
@@ -357,7 +360,7 @@ def test_nan_e4m3_weights_gemv(isa, m):
     # E4M3 weights as w.T (the GEMV path): NaN codes after clean 64-byte blocks, in the first
     # block, and in the tail; only their columns become NaN.
     rng = np.random.default_rng(9)
-    k, n = 300, 21
+    k, n = 300, (530 if m == 1 else 21)  # m = 1, n >= 512: the bfloat16 kernel where it runs
     x = rand(rng, (m, k), F32)
     w = rand(rng, (n, k), E4M3)
     w[5, 200] = np.nan
@@ -382,3 +385,35 @@ def test_self_overlapping_out_is_assigned_like_numpy():
     out = as_strided(np.zeros(1, np.float32), (3, 3), (0, 0))
     matmul(a, np.eye(4, 3, dtype=np.float32), out=out)
     assert out[0, 0] in (a[:, :3]).ravel()  # one cell, holding one of the results
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("k", [1, 63, 65, 200, 1000])
+def test_gemv_shapes(isa, dtype, m, k):
+    # x @ w.T for m = 1..8 (the GEMV kernels; m = 1, n >= 512 with E4M3 takes the bfloat16
+    # kernel on AVX-512 BF16 + VBMI), K around the 64-byte blocks, with and without block scales.
+    rng = np.random.default_rng(m * 1000 + k)
+    n = 520 if m == 1 else 37
+    x = rand(rng, (m, k), F32)
+    w = rand(rng, (n, k), dtype)
+    check(matmul(x, w.T), x, w.T)
+    sa = (rng.random((m, -(-k // 32))) + 0.5).astype(np.float32)
+    sb = (rng.random((-(-k // 32), n)) + 0.5).astype(np.float32)
+    check(matmul(x, w.T, scale_a=sa, scale_b=sb, block=32), x, w.T, sa, sb, block=32)
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_tiny_activations(isa, dtype, m):
+    # Activations around 2**-80 (the smallest magnitude the bfloat16 kernel splits exactly into
+    # three normal bfloat16 parts) and below it (then the float32 kernel runs), plus zeros.
+    rng = np.random.default_rng(31)
+    k, n = 300, 515
+    w = rand(rng, (n, k), dtype)
+    base = rand(rng, (m, k), F32)
+    for low in (2.0**-80, 2.0**-100, 2.0**-130):
+        # |x| >= low, with all 24 significand bits used (lo parts near low * 2**-23).
+        x = (np.sign(base) * (1 + np.abs(base)) * np.float32(low)).astype(np.float32)
+        x[:, ::7] = np.float32(2.0**-80) * np.float32(1 + 2.0**-23)
+        x[:, 3::11] = 0
+        check(matmul(x, w.T), x, w.T)

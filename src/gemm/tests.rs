@@ -262,7 +262,11 @@ fn scale_layouts() {
 fn thread_count_does_not_change_results() {
     let mut rng = Rng(3);
     for isa in arch::available() {
-        for &(m, n, k, kind) in &[(300, 200, 300, Kind::E4M3), (4, 1000, 300, Kind::F32)] {
+        for &(m, n, k, kind) in &[
+            (300, 200, 300, Kind::E4M3),
+            (4, 1000, 300, Kind::F32),
+            (1, 1000, 300, Kind::F32),
+        ] {
             let a = Data::random(kind, m, k, false, &mut rng);
             let b = Data::random(Kind::E4M3, k, n, true, &mut rng);
             let s = Scales {
@@ -449,6 +453,95 @@ fn bf16_pair_packing_matches_the_table_for_every_code() {
                     (lo, hi),
                     "{fmt:?} panel {panel} column {w}"
                 );
+            }
+        }
+    }
+}
+
+/// `|c - ref| <= (k + 2) * 2^-23 * (|A| @ |B|)`, except where `nan_cols` says the column holds
+/// a NaN weight: there c must be NaN.
+fn check_bound_nan(c: &Array2<f32>, a: &Array2<f64>, b: &Array2<f64>, what: &str) {
+    let finite_b = b.mapv(|v| if v.is_nan() { 0.0 } else { v });
+    let reference = a.dot(&finite_b);
+    let abs = a.mapv(f64::abs).dot(&finite_b.mapv(f64::abs));
+    let k = a.ncols() as f64;
+    for ((i, j), &got) in c.indexed_iter() {
+        if b.column(j).iter().any(|v| v.is_nan()) {
+            assert!(got.is_nan(), "{what}: c[{i},{j}] = {got}, expected NaN");
+            continue;
+        }
+        let tol = (k + 2.0) * 2f64.powi(-23) * abs[[i, j]];
+        let want = reference[[i, j]];
+        assert!(
+            (f64::from(got) - want).abs() <= tol,
+            "{what}: c[{i},{j}] = {got}, reference {want}, tolerance {tol}"
+        );
+    }
+}
+
+/// GEMV shapes (m = 1..8, weights stored along K as `w.T`) on every ISA: K around the 64-byte
+/// blocks of the kernels, E4M3 and E5M2 weights, NaN weights in the body and in the tail of
+/// K, and activations near and below the smallest magnitude the bfloat16 kernel takes (2^-80,
+/// below which the float32 kernel runs), with and without scales along K.
+#[test]
+fn gemv_shapes_nan_weights_and_tiny_activations() {
+    let mut rng = Rng(23);
+    let tiny = 2f32.powi(-80);
+    for isa in arch::available() {
+        for m in 1..=8 {
+            for &k in &[1usize, 2, 63, 64, 65, 200, 1000] {
+                for fmt in [Format::E4M3, Format::E5M2] {
+                    for case in 0..4 {
+                        // n >= 512 with m = 1 and E4M3 takes the bfloat16 kernel (BF16 + VBMI).
+                        let n = if m == 1 {
+                            [1, 9, 520, 530][case]
+                        } else {
+                            [1, 9, 70, 17][case]
+                        };
+                        let a = Array2::from_shape_fn((m, k), |(i, p)| {
+                            let v = rng.f32();
+                            match (case, (i + p) % 5) {
+                                // At least 2^-80 (the bfloat16 kernel still runs), all 24
+                                // bits used: the lo parts are near 2^-103.
+                                (1, 0) => v.signum() * (1.0 + v.abs()) * tiny,
+                                (1, 1) => tiny * (1.0 + f32::EPSILON),
+                                // Below the bfloat16 kernel's range: the float32 fallback.
+                                (2, 0) if i == 0 && p == k / 2 => v * tiny * 0.25,
+                                (3, 2) => 0.0,
+                                _ => v,
+                            }
+                        });
+                        let mut w = Array2::from_shape_simple_fn((k, n).f(), || rng.fp8(fmt));
+                        if case == 3 {
+                            // NaN in column 0 at the end of K (the masked tail) and in
+                            // column n - 1 in the middle.
+                            let nan = if fmt == Format::E4M3 { 0x7F } else { 0x7E };
+                            w[[k - 1, 0]] = nan | 0x80;
+                            w[[k / 2, n - 1]] = nan;
+                        }
+                        let a = Data::F32(a);
+                        let b = Data::Fp8(w, fmt);
+                        let plain = Scales {
+                            block: 128,
+                            ..Default::default()
+                        };
+                        let c = run(isa, &a, &b, &plain, m, n);
+                        let what = format!("{isa} {fmt:?} {m}x{n}x{k} case {case}");
+                        check_bound_nan(&c, &a.values(), &b.values(), &what);
+                        // Block scales along K (segments of 32: the kernels restart per block).
+                        let sa = Array2::from_shape_fn((m, k.div_ceil(32)), |_| rng.f32() + 3.0);
+                        let sb = Array2::from_shape_fn((k.div_ceil(32), n), |_| rng.f32() + 3.0);
+                        let scales = Scales {
+                            a: Some(sa.view()),
+                            b: Some(sb.view()),
+                            block: 32,
+                        };
+                        let c = run(isa, &a, &b, &scales, m, n);
+                        let av = scaled(a.values(), Some(sa.view()), true, 32);
+                        let bv = scaled(b.values(), Some(sb.view()), false, 32);
+                        check_bound_nan(&c, &av, &bv, &format!("{what} block scales"));
+                    }
+                }
             }
         }
     }
