@@ -84,8 +84,11 @@ pub fn set_num_threads(n: usize) -> Result<()> {
             "number of threads must be >= 1 and <= {MAX_THREADS}, got {n}"
         )));
     }
-    let p = build(n)?;
-    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    let mut slot = POOL.write().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_some_and(|p| p.current_num_threads() == n) {
+        return Ok(()); // keep the running pool (and its warm threads)
+    }
+    *slot = Some(build(n)?);
     Ok(())
 }
 
