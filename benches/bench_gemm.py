@@ -18,9 +18,9 @@ fp8fast avx2 (6x16 FMA)                     105          1.02 (1.33 vs astype+ma
 fp8fast avx512 (14x32 FMA)                  107          1.02 (1.33 vs astype+matmul)
 fp8fast avx512bf16 (14x32 vdpbf16ps)        208-211      1.98 (2.61-2.64 vs astype+matmul)
 same, 1x128 / 128x128 block scales          --           1.75
-GEMV 1x8192x8192 f32 x E4M3 (w.T)           4.4-4.6 ms   2.7 (avx2: 2.0-2.1)
-GEMV 8x4096x4096 f32 x E4M3 (w.T)           4.0-4.2 ms   3.6 (avx2: 2.3-2.5)
-2 threads vs 1, 2048^3 (wall time)          --           1.90 on an idle machine
+GEMV 1x8192x8192 f32 x E4M3 (w.T)           3.3 ms       3.5-3.7 (avx2: 2.2-2.3)
+GEMV 8x4096x4096 f32 x E4M3 (w.T)           --           4.0-4.6 (avx2: 2.4-2.6)
+2 threads vs 1, 2048^3 (wall time)          --           1.75-1.90
 ==========================================  ===========  ==========================
 
 The ``track_*`` benchmarks report those ratios directly (median of interleaved A/B timings, so
