@@ -19,10 +19,9 @@ import sys
 import tempfile
 import time
 
+import fp8fast
 import ml_dtypes
 import numpy as np
-
-import fp8fast
 from fp8fast import _checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))

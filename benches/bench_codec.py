@@ -6,9 +6,8 @@ conversion by memory bandwidth), which is what the targets are stated in: on a s
 noisy machine the ratios hold while absolute times drift.
 """
 
-import numpy as np
-
 import fp8fast
+import numpy as np
 from fp8fast import _bench
 
 N = 1 << 24

@@ -10,7 +10,6 @@ Run directly for a table: ``python benches/bench_quant.py [log2 n]``.
 """
 
 import numpy as np
-
 from fp8fast import _bench, _core
 from fp8fast._quant import dequantize, quantize
 

@@ -1,8 +1,7 @@
 """Shared fixtures: run a test on every instruction-set path, and restore global settings."""
 
-import pytest
-
 import fp8fast
+import pytest
 from fp8fast import _core
 
 ALL_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]

@@ -8,14 +8,12 @@ import subprocess
 import sys
 import textwrap
 
+import fp8fast
 import ml_dtypes
 import numpy as np
 import pytest
-
-import fp8fast
-from fp8fast import _checkpoint as ck
-
 from ckpt_fixtures import BF16, bad_files, is_linear, model_tensors, write_model_dir, write_raw
+from fp8fast import _checkpoint as ck
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 

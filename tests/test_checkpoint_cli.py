@@ -10,13 +10,11 @@ import subprocess
 import sys
 import time
 
+import fp8fast
 import numpy as np
 import pytest
-
-import fp8fast
-from fp8fast.cli import main
-
 from ckpt_fixtures import bad_files, model_tensors, write_model_dir, write_raw
+from fp8fast.cli import main
 
 
 def run(capsys, *argv):

@@ -5,11 +5,10 @@ import os
 import subprocess
 import sys
 
+import fp8fast as f8
 import ml_dtypes
 import numpy as np
 import pytest
-
-import fp8fast as f8
 
 E4M3, E5M2, BF16 = f8.E4M3, f8.E5M2, f8.BFLOAT16
 FP8 = {"e4m3": E4M3, "e5m2": E5M2}

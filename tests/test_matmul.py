@@ -6,11 +6,10 @@ The accuracy contract: |c - ref| <= (k + 2) * 2**-23 * (|A| @ |B|) elementwise, 
 are the scaled operands in float64.
 """
 
+import fp8fast._core as core
 import ml_dtypes
 import numpy as np
 import pytest
-
-import fp8fast._core as core
 from fp8fast._gemm import linear, matmul
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)

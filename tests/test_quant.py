@@ -8,7 +8,6 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-
 from fp8fast import _core
 from fp8fast._quant import amax, dequantize, quant_error, quantize
 

@@ -12,6 +12,7 @@ array([  1., 448., 448.], dtype=float32)
 from __future__ import annotations
 
 from . import _core
+from ._checkpoint import load_file, safe_open, save_file
 from ._codec import (
     BFLOAT16,
     E4M3,
@@ -23,9 +24,6 @@ from ._codec import (
     to_e4m3,
     to_e5m2,
 )
-from ._checkpoint import load_file, safe_open, save_file
-from ._gemm import linear, matmul
-from ._quant import QuantError, amax, dequantize, quant_error, quantize
 from ._config import (
     available_isas,
     get_isa,
@@ -34,6 +32,8 @@ from ._config import (
     set_num_threads,
     show_config,
 )
+from ._gemm import linear, matmul
+from ._quant import QuantError, amax, dequantize, quant_error, quantize
 
 __version__: str = _core.__version__
 
@@ -44,8 +44,8 @@ __all__ = [
     "QuantError",
     "amax",
     "available_isas",
-    "dequantize",
     "decode",
+    "dequantize",
     "encode",
     "from_e4m3",
     "from_e5m2",

@@ -7,6 +7,7 @@ measured in the same run, so machine-wide drift cancels.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -98,19 +99,22 @@ def run(n: int = 1 << 24, repeat: int = 7, threads: Optional[int] = None,
             x = make_input(case.src_dtype, n)
             out = np.empty(n, case.dst_dtype)
             out_ml = np.empty(n, case.dst_dtype)
+            fast = functools.partial(case.fast, x, out)
+            ml = functools.partial(np.copyto, out_ml, x, casting="unsafe")
+            copy = functools.partial(np.copyto, ref_dst, ref_src)
             t_fast_1 = t_fast_m = t_ml = t_copy = float("inf")
             # Interleave the contenders so that drift hits them alike.
             for _ in range(repeat):
                 # A fresh pool's first call pays for starting its threads: warm each one up.
                 _config.set_num_threads(1)
-                case.fast(x, out)
-                t_fast_1 = min(t_fast_1, best_time(lambda: case.fast(x, out), 2))
+                fast()
+                t_fast_1 = min(t_fast_1, best_time(fast, 2))
                 _config.set_num_threads(multi)
-                case.fast(x, out)
-                t_fast_m = min(t_fast_m, best_time(lambda: case.fast(x, out), 2))
-                t_copy = min(t_copy, best_time(lambda: np.copyto(ref_dst, ref_src), 1))
+                fast()
+                t_fast_m = min(t_fast_m, best_time(fast, 2))
+                t_copy = min(t_copy, best_time(copy, 1))
             for _ in range(max(2, repeat // 3)):
-                t_ml = min(t_ml, best_time(lambda: np.copyto(out_ml, x, casting="unsafe"), 1))
+                t_ml = min(t_ml, best_time(ml, 1))
             rows.append(Row(case.name, n / t_fast_1, n / t_fast_m, n / t_ml, n / t_copy))
     finally:
         _config.set_num_threads(saved)

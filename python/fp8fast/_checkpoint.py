@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["load_file", "save_file", "safe_open", "quantize", "dequantize", "inspect"]
+__all__ = ["dequantize", "inspect", "load_file", "quantize", "safe_open", "save_file"]
 
 #: safetensors dtype name -> numpy dtype (FP8 and bfloat16 through ml_dtypes).
 DTYPES: Dict[str, np.dtype] = {
@@ -83,7 +83,7 @@ class safe_open:
     ...     w = f.get_tensor("layers.0.q_proj.weight")
     """
 
-    def __init__(self, path: "os.PathLike[str] | str", framework: str = "numpy") -> None:
+    def __init__(self, path: os.PathLike[str] | str, framework: str = "numpy") -> None:
         if framework not in ("numpy", "np"):
             raise ValueError(f"framework {framework!r} is not supported: fp8fast returns numpy arrays")
         self._path = os.fspath(path)
@@ -104,7 +104,7 @@ class safe_open:
                 mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if file_len > 0 else None
             )
 
-    def __enter__(self) -> "safe_open":
+    def __enter__(self) -> safe_open:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -138,7 +138,7 @@ class safe_open:
         return arr.reshape(shape)
 
 
-def load_file(path: "os.PathLike[str] | str", *, copy: bool = False) -> Dict[str, np.ndarray]:
+def load_file(path: os.PathLike[str] | str, *, copy: bool = False) -> Dict[str, np.ndarray]:
     """Load every tensor of a safetensors file as numpy arrays.
 
     Parameters
@@ -176,7 +176,7 @@ def load_file(path: "os.PathLike[str] | str", *, copy: bool = False) -> Dict[str
 
 def save_file(
     tensors: Mapping[str, Any],
-    path: "os.PathLike[str] | str",
+    path: os.PathLike[str] | str,
     metadata: Optional[Mapping[str, str]] = None,
 ) -> None:
     """Write numpy arrays to a safetensors file, atomically.
@@ -344,7 +344,7 @@ def _same_path(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _single_file_destination(ck: "Checkpoint", dst: str, shard: Optional[Tuple[int, int]]) -> Optional[str]:
+def _single_file_destination(ck: Checkpoint, dst: str, shard: Optional[Tuple[int, int]]) -> Optional[str]:
     """For a single-file source: DST itself, or DST/<file name> when DST is a directory; None
     when ``--shard I/N`` gives this (only) file to another job."""
     if shard is not None and shard[0] != 1:

@@ -11,15 +11,15 @@ import numpy as np
 from . import _core
 
 __all__ = [
+    "BFLOAT16",
     "E4M3",
     "E5M2",
-    "BFLOAT16",
-    "encode",
     "decode",
-    "to_e4m3",
-    "to_e5m2",
+    "encode",
     "from_e4m3",
     "from_e5m2",
+    "to_e4m3",
+    "to_e5m2",
 ]
 
 #: numpy dtype of E4M3 arrays (``ml_dtypes.float8_e4m3fn``).

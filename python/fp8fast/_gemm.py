@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _codec, _core
 
-__all__ = ["matmul", "linear"]
+__all__ = ["linear", "matmul"]
 
 _FP8_DTYPES = {dt: name for name, dt in _codec._FP8_DTYPES.items()}
 _WIDE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), _codec.BFLOAT16)

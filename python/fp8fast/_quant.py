@@ -39,7 +39,7 @@ import numpy as np
 
 from . import _codec, _core
 
-__all__ = ["quantize", "dequantize", "amax", "quant_error", "QuantError"]
+__all__ = ["QuantError", "amax", "dequantize", "quant_error", "quantize"]
 
 _FP8_DTYPES = _codec._FP8_DTYPES
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
@@ -333,7 +333,7 @@ def dequantize(
 
 def amax(
     x,
-    axis: Union[None, int, Sequence[int]] = None,
+    axis: Union[int, Sequence[int], None] = None,
     *,
     ignore_nan: bool = False,
     keepdims: bool = False,

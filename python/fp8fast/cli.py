@@ -119,7 +119,7 @@ def _demo_quant(rng: np.random.Generator) -> None:
         q, scale = _quant.quantize(w, "e4m3", granularity=gran)
         x2 = _quant.dequantize(q, scale)
         small[gran] = _sqnr_db(w[:100], x2[:100])
-        print(f"  {gran:<12}{str(np.shape(scale)):<13}{_quant.quant_error(w, q, scale).sqnr_db:>8.1f}"
+        print(f"  {gran:<12}{np.shape(scale)!s:<13}{_quant.quant_error(w, q, scale).sqnr_db:>8.1f}"
               f"{small[gran]:>31.1f}")
         full_scale = _expand_scale(scale, w.shape, gran)
         ref = _codec.from_e4m3(q) * full_scale

@@ -202,7 +202,7 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-def _demo_model(path: str, rng: "object") -> int:
+def _demo_model(path: str, rng: object) -> int:
     """Write a small Llama-like bf16 model directory (2 shards, index, config); return its bytes."""
     import json
     import os
@@ -245,7 +245,7 @@ def _demo_model(path: str, rng: "object") -> int:
     return total
 
 
-def demo_step(rng: "object") -> None:
+def demo_step(rng: object) -> None:
     """``fp8fast demo`` step: write a small model, quantize it in both layouts, inspect it,
     dequantize it, and check and report sizes, errors and speed."""
     import io
