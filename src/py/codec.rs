@@ -4,7 +4,6 @@
 //! element types are matched, both arrays borrowed (rust-numpy refuses overlapping mutable
 //! borrows), and the work runs with the GIL released when the input is large.
 
-use half::{bf16, f16};
 use numpy::{PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -60,20 +59,12 @@ fn encode_into(
             dtype_name(dst)
         ))
     })?;
-    if let Ok(a) = src.cast::<PyArrayDyn<f32>>() {
-        encode_typed(py, a, dst, fmt, saturate)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<f64>>() {
-        encode_typed(py, a, dst, fmt, saturate)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<f16>>() {
-        encode_typed(py, a, dst, fmt, saturate)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<bf16>>() {
-        encode_typed(py, a, dst, fmt, saturate)
-    } else {
+    with_float_array!(src, a => encode_typed(py, a, dst, fmt, saturate), otherwise => {
         Err(PyTypeError::new_err(format!(
             "cannot encode {} to FP8: expected float64, float32, float16 or bfloat16",
             dtype_name(src)
         )))
-    }
+    })
 }
 
 /// Decode the `uint8` array `src` of FP8 codes into `dst` (float32/float64/float16/bfloat16)
@@ -92,20 +83,12 @@ fn decode_into(
             dtype_name(src)
         ))
     })?;
-    if let Ok(a) = dst.cast::<PyArrayDyn<f32>>() {
-        decode_typed(py, src, a, fmt)
-    } else if let Ok(a) = dst.cast::<PyArrayDyn<f64>>() {
-        decode_typed(py, src, a, fmt)
-    } else if let Ok(a) = dst.cast::<PyArrayDyn<f16>>() {
-        decode_typed(py, src, a, fmt)
-    } else if let Ok(a) = dst.cast::<PyArrayDyn<bf16>>() {
-        decode_typed(py, src, a, fmt)
-    } else {
+    with_float_array!(dst, a => decode_typed(py, src, a, fmt), otherwise => {
         Err(PyTypeError::new_err(format!(
             "cannot decode FP8 to {}: expected float32, float64, float16 or bfloat16",
             dtype_name(dst)
         )))
-    }
+    })
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -6,6 +6,25 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 
+/// Evaluate `$body` with `$arr` bound to `$obj` cast to the array type of whichever float
+/// element it holds (float32, float64, float16, bfloat16), or `$otherwise` if none: the one
+/// place the PyO3 layer turns a dtype into a Rust type parameter.
+macro_rules! with_float_array {
+    ($obj:expr, $arr:ident => $body:expr, otherwise => $otherwise:expr) => {
+        if let Ok($arr) = $obj.cast::<numpy::PyArrayDyn<f32>>() {
+            $body
+        } else if let Ok($arr) = $obj.cast::<numpy::PyArrayDyn<f64>>() {
+            $body
+        } else if let Ok($arr) = $obj.cast::<numpy::PyArrayDyn<half::f16>>() {
+            $body
+        } else if let Ok($arr) = $obj.cast::<numpy::PyArrayDyn<half::bf16>>() {
+            $body
+        } else {
+            $otherwise
+        }
+    };
+}
+
 mod checkpoint;
 mod codec;
 mod config;

@@ -124,20 +124,12 @@ fn quantize<'py>(
             )))
         }
     };
-    if let Ok(a) = x.cast::<PyArrayDyn<f32>>() {
-        quantize_typed(py, a, fmt, granularity, rounding)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<f64>>() {
-        quantize_typed(py, a, fmt, granularity, rounding)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<f16>>() {
-        quantize_typed(py, a, fmt, granularity, rounding)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<bf16>>() {
-        quantize_typed(py, a, fmt, granularity, rounding)
-    } else {
+    with_float_array!(x, a => quantize_typed(py, a, fmt, granularity, rounding), otherwise => {
         Err(PyTypeError::new_err(format!(
             "cannot quantize {}: expected float64, float32, float16 or bfloat16",
             dtype_name(x)
         )))
-    }
+    })
 }
 
 fn dequantize_typed<'py, T: DequantOutput + numpy::Element>(
@@ -318,20 +310,12 @@ fn amax_rows<'py>(
     x: &Bound<'py, PyAny>,
     ignore_nan: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if let Ok(a) = x.cast::<PyArrayDyn<f32>>() {
-        amax_typed(py, a, ignore_nan)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<f64>>() {
-        amax_typed(py, a, ignore_nan)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<f16>>() {
-        amax_typed(py, a, ignore_nan)
-    } else if let Ok(a) = x.cast::<PyArrayDyn<bf16>>() {
-        amax_typed(py, a, ignore_nan)
-    } else {
+    with_float_array!(x, a => amax_typed(py, a, ignore_nan), otherwise => {
         Err(PyTypeError::new_err(format!(
             "amax needs float64, float32, float16 or bfloat16, got {}",
             dtype_name(x)
         )))
-    }
+    })
 }
 
 fn stochastic_typed<T: QuantInput + numpy::Element>(
@@ -390,20 +374,12 @@ fn encode_stochastic_into(
             dtype_name(dst)
         ))
     })?;
-    if let Ok(a) = src.cast::<PyArrayDyn<f32>>() {
-        stochastic_typed(py, a, dst, fmt, saturate, seed)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<f64>>() {
-        stochastic_typed(py, a, dst, fmt, saturate, seed)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<f16>>() {
-        stochastic_typed(py, a, dst, fmt, saturate, seed)
-    } else if let Ok(a) = src.cast::<PyArrayDyn<bf16>>() {
-        stochastic_typed(py, a, dst, fmt, saturate, seed)
-    } else {
+    with_float_array!(src, a => stochastic_typed(py, a, dst, fmt, saturate, seed), otherwise => {
         Err(PyTypeError::new_err(format!(
             "cannot encode {} to FP8: expected float64, float32, float16 or bfloat16",
             dtype_name(src)
         )))
-    }
+    })
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
