@@ -10,11 +10,10 @@
 //! this beats packing: rows go in groups of 8 over 64-column slices of the weights that stay
 //! in L2 between groups.
 //!
-//! One activation row times E4M3 weights (LLM decoding) has two more kernels where the CPU has
+//! One activation row times E4M3 weights (LLM decoding) has one more kernel where the CPU has
 //! AVX-512 VBMI: `vpermi2b` looks up the bfloat16 pattern of 64 weight bytes at a time in two
-//! 128-byte tables, then either `vdpbf16ps` multiplies it against the activations split once
-//! into three bfloat16 parts (`x86::dot_bf16`, AVX-512 BF16) or word unpacks widen it to float32
-//! for FMA (`x86::dot_table_f32`). All kernels prefetch the next column group's weights.
+//! 128-byte tables, and word unpacks widen it to float32 for FMA (`x86::dot_table_f32`). All
+//! kernels prefetch the next column group's weights.
 //!
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
@@ -71,38 +70,21 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     } else {
         Weights::E5M2
     };
-    // One activation row times E4M3 weights takes the bfloat16 kernel (`x86::dot_bf16`) where
-    // the CPU has AVX-512 BF16 and VBMI (byte tables) and the activations split exactly into
-    // three normal bfloat16 parts (see `split_activation`). Measured on Zen 4, one thread,
-    // 1 x 8192 x 8192 with prefetching: 3.25 ms, against 3.3-3.4 ms for the table decode to
-    // float32 (`x86::dot_table_f32`) and 4.2 ms for the binary16 decode of `dot512` (2-3%
-    // apart from the table kernel, which alone would be simpler; equal when the weights are
-    // in cache). With E5M2 weights (decoded by a shift) the bfloat16 kernel was no faster, and
-    // with 2 or more rows the float32 kernels are faster (three `vdpbf16ps` per 32 weights and
-    // row against two FMAs), so those keep them, as do narrow products (`BF16_MIN_COLS`).
+    // One row times E4M3 weights on AVX-512 with VBMI decodes the weights by table lookup
+    // straight to float32 (`x86::dot_table_f32`). Measured on Zen 4, one thread,
+    // 1 x 8192 x 8192 with prefetching: 3.3-3.4 ms against 4.2 ms for the binary16 decode of
+    // `dot512`. (A variant multiplying table-decoded bfloat16 weights with `vdpbf16ps` against
+    // activations split into three bfloat16 parts was 2-3% faster and much subtler: not kept.)
     #[cfg(target_arch = "x86_64")]
-    let split = isa == Isa::Avx512Bf16
+    let table_f32 = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
         && m == 1
-        && n >= BF16_MIN_COLS
-        && fmt == Format::E4M3
-        && x86::has_vbmi()
-        && x.iter()
-            .all(|&v| v == 0.0 || (v.is_finite() && v.abs() >= SPLIT_MIN));
-    #[cfg(not(target_arch = "x86_64"))]
-    let split = false;
-    // Otherwise one row times E4M3 weights on AVX-512 with VBMI decodes the weights by the
-    // same tables straight to float32 (`x86::dot_table_f32`), any activations.
-    #[cfg(target_arch = "x86_64")]
-    let table_f32 = !split
-        && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
-        && m == 1
-        && n >= BF16_MIN_COLS
+        && n >= TABLE_MIN_COLS
         && fmt == Format::E4M3
         && x86::has_vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let table_f32 = false;
     let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !split && !table_f32 {
+    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !table_f32 {
         x.iter_mut().for_each(|v| *v *= 256.0);
         weights = Weights::E4M3TimesTwoPowMinus8;
     }
@@ -116,14 +98,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         _ => dot_scalar,
     };
     let seg = if plan.along_k() { plan.block } else { k };
-    // Split activations: per row, per K segment, zero-padded 64-element blocks of 3 x 64
-    // bfloat16 (see `split_activations`).
     let seg_pad = seg.div_ceil(64) * 64;
-    let xs = if split {
-        split_activations(&x, m, k, seg, seg_pad)
-    } else {
-        Vec::new()
-    };
     let xp = if table_f32 {
         permute_activations(&x, k, seg, seg_pad)
     } else {
@@ -151,24 +126,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
             // from memory for the first group and from L2 for the others.
             for g0 in (0..m).step_by(ROW_GROUP) {
                 let rows = ROW_GROUP.min(m - g0);
-                if split {
-                    // SAFETY: as below; with `split`, m == 1 and `xs` holds segment `kb` from
-                    // `kb * seg_pad * 3` on, ceil(klen / 64) blocks of 192; `split` implies
-                    // AVX-512 BF16 (the active ISA) and VBMI (detected).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        x86::dot_bf16(
-                            klen,
-                            xs[kb * seg_pad * 3..].as_ptr(),
-                            x[k0..].as_ptr(),
-                            w,
-                            b.cs,
-                            ncols,
-                            &tables,
-                            part.as_mut_ptr(),
-                        )
-                    };
-                } else if table_f32 {
+                if table_f32 {
                     // SAFETY: as below; with `table_f32`, m == 1 and `xp` holds segment `kb`
                     // from `kb * seg_pad` on, ceil(klen / 64) blocks of 64; `table_f32` implies
                     // AVX-512 (the active ISA is at least that) and VBMI (detected).
@@ -224,59 +182,14 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     }
 }
 
-/// Fewest output columns for which the bfloat16 kernel pays for splitting the activations
-/// (about 30 us for k = 8192, serial, against 0.12 us saved per column; measured break-even
-/// near 250 columns on one thread, twice that on two).
-const BF16_MIN_COLS: usize = 512;
-
-/// Smallest nonzero activation magnitude the bfloat16 kernel takes (see `split_activation`).
-const SPLIT_MIN: f32 = 1.0 / (1u128 << 80) as f32;
-
-/// `v = hi + mid + lo` exactly, each part a bfloat16 (returned as bits), all of `v`'s sign.
-///
-/// `hi` is `v` truncated to bfloat16 (8 significant bits); `v - hi` has at most 16 significant
-/// bits (exact in float32), its truncation `mid` takes the top 8 from its leading bit, and the
-/// rest `lo` spans at most the 8 bits down to `v`'s last. For `|v| >= 2^-80` every nonzero part
-/// is at least ulp(v) >= 2^-103, a normal bfloat16, so `vdpbf16ps` (which treats denormal
-/// inputs as zero) sees the exact value.
-fn split_activation(v: f32) -> [u16; 3] {
-    const TOP: u32 = 0xFFFF_0000;
-    let hi = v.to_bits() & TOP;
-    let rest = v - f32::from_bits(hi);
-    let mid = rest.to_bits() & TOP;
-    let lo = (rest - f32::from_bits(mid)).to_bits();
-    debug_assert_eq!(lo & !TOP, 0, "{v} does not split into three bfloat16");
-    [(hi >> 16) as u16, (mid >> 16) as u16, (lo >> 16) as u16]
-}
-
-/// Activation rows `x` (`m x k`) split into bfloat16 parts in the order `dot_bf16` multiplies
-/// them: per row, per K segment of `seg` (padded with zeros to `seg_pad`, a multiple of 64),
-/// per 64-element block: the hi parts, then mid, then lo, 64 each. Within a part, the kernel's
-/// decoded weights come as two vectors of 32 (byte unpack low / high per 128-bit lane), so
-/// element `16 L + i` of the block (lane L, i < 16) sits at `32 * (i / 8) + 8 * L + i % 8`.
-fn split_activations(x: &[f32], m: usize, k: usize, seg: usize, seg_pad: usize) -> Vec<u16> {
-    let ldxs = k.div_ceil(seg) * seg_pad * 3;
-    let mut xs = vec![0u16; m * ldxs];
-    for (row, out) in x.chunks_exact(k).zip(xs.chunks_exact_mut(ldxs)) {
-        for (s, seg_vals) in row.chunks(seg).enumerate() {
-            let seg_out = &mut out[s * seg_pad * 3..];
-            for (p, &v) in seg_vals.iter().enumerate() {
-                let (block, pos) = (p / 64, p % 64);
-                let (lane, i) = (pos / 16, pos % 16);
-                let slot = block * 192 + 32 * (i / 8) + 8 * lane + i % 8;
-                for (part, bits) in split_activation(v).into_iter().enumerate() {
-                    seg_out[slot + 64 * part] = bits;
-                }
-            }
-        }
-    }
-    xs
-}
+/// Fewest output columns for which the table kernel is used (its activations are permuted
+/// once per call, serially; narrower products keep the binary16-decode kernels).
+const TABLE_MIN_COLS: usize = 512;
 
 /// One activation row in the order `dot_table_f32` multiplies it: per K segment of `seg`
 /// (padded with zeros to `seg_pad`, a multiple of 64), per 64-element block, four vectors of
-/// 16: the kernel widens the byte-unpacked bfloat16 weights (see `split_activations`) to
-/// float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
+/// 16: the kernel's decoded weights come from a byte unpack (low / high per 128-bit lane) of the
+/// two table lookups, widened from bfloat16 to float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
 /// `16 L + 4 v + i`.
 fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f32> {
     let mut xp = vec![0.0f32; k.div_ceil(seg) * seg_pad];
@@ -573,8 +486,8 @@ mod x86 {
         unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.cast()) };
     }
 
-    /// Whether the CPU has AVX-512 VBMI (`vpermi2b`), which `dot_bf16` needs besides
-    /// AVX-512 BF16.
+    /// Whether the CPU has AVX-512 VBMI (`vpermi2b`), which `dot_table_f32` needs besides
+    /// AVX-512 F + BW + VL.
     pub(super) fn has_vbmi() -> bool {
         std::arch::is_x86_feature_detected!("avx512vbmi")
     }
@@ -608,143 +521,13 @@ mod x86 {
         }
     }
 
-    /// Weight columns per pass of `dot_bf16`: one accumulator each, 8 streams from memory.
+    /// Weight columns per pass of `dot_table_f32`: one accumulator each, 8 streams from memory.
     /// Measured (1 x 8192 x 8192, Zen 4): 8 columns 3.85 ms, 4 columns with two accumulators
     /// each 4.3 ms, 16 columns 8.5 ms (register spills).
     const BF16_COLS: usize = 8;
 
-    /// One activation row against `ncols` E4M3 weight rows, weights decoded to bfloat16 by
-    /// table, the activation split in three bfloat16 parts (see `split_activations`):
-    ///
-    /// ```text
-    /// per 64 weight bytes v of a column:
-    ///   high = vpermi2b(v, table.high) | (v & 0x80)   (index bit 7, the sign, is ignored)
-    ///   low  = vpermi2b(v, table.low)
-    ///   d0, d1 = unpacklo/hi_epi8(low, high)          (2 x 32 bfloat16, lane-interleaved)
-    ///   acc += vdpbf16ps(d0, x.hi[0..32]) ; acc += vdpbf16ps(d1, x.hi[32..64])
-    ///   (the same with x.mid and x.lo)
-    /// ```
-    ///
-    /// `vdpbf16ps` (Intel SDM) computes per float32 lane `acc += a[2i+1] * b[2i+1]; acc +=
-    /// a[2i] * b[2i]` with round-to-nearest-even, denormal inputs read as zero and denormal
-    /// results flushed. Here every product is exact in float32 (8 x 4 significant bits), and
-    /// all products and partial sums are integer multiples of 2^-112 (activation parts are
-    /// multiples of ulp(x) >= 2^-103, E4M3 weights of 2^-9; rounding keeps a sum >= 2^-112 a
-    /// multiple of 2^-112), so none is denormal and DAZ / FTZ never apply.
-    ///
-    /// Error bound: the three parts of `x * w` are exact products of one sign summing to `x * w`,
-    /// so the usual recursive-summation argument applies with at most these roundings
-    /// (u = 2^-24) on any term's path: a lane adds 3 parts of each of its 2 weights per block in
-    /// order (`3 min(k, 2 ceil(k / 64)) - 1` roundings: adding exact zeros does not round), then
-    /// the 16 lanes are summed in a tree of depth 4 (fewer nontrivial levels when few lanes
-    /// hold terms). That is 2 for k = 1, at most 5 for k = 2, and `6 ceil(k / 64) + 3` in
-    /// general: always at most `2k + 2`, which leaves 2 roundings for the scale products within
-    /// the `(k + 2) * 2^-23 = (2k + 4) u` bound of the design.
-    ///
-    /// A 64-byte block holding a NaN code stops the column group, which is then computed
-    /// again by the float32 kernel (NaN-aware decode) from the unsplit activations `x`.
-    ///
-    /// # Safety
-    /// AVX-512 F + BW + VL + BF16 + VBMI available; `xs` holds ceil(klen / 64) blocks of 192
-    /// bfloat16 (zero past klen), `x` klen floats, `w` `ncols` rows of klen bytes `ldw`
-    /// apart, `out` `ncols` floats.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi,avx2,fma,f16c")]
-    #[allow(clippy::needless_range_loop)] // d0[c] / acc[c] read clearer than zipped iterators
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dot_bf16(
-        klen: usize,
-        xs: *const u16,
-        x: *const f32,
-        w: *const u8,
-        ldw: isize,
-        ncols: usize,
-        tables: &E4m3Bf16Tables,
-        out: *mut f32,
-    ) {
-        const C: usize = BF16_COLS;
-        let blocks = klen.div_ceil(64);
-        let tail_mask = match klen % 64 {
-            0 => u64::MAX,
-            t => (1u64 << t) - 1,
-        };
-        // SAFETY: the features are enabled; weight loads are masked to klen bytes of the
-        // caller's rows, activation blocks are inside `xs` (padded). The transmutes
-        // reinterpret 512-bit integer vectors as 32 bfloat16 lanes (same size, any bits).
-        unsafe {
-            let high0 = _mm512_loadu_si512(tables.high.as_ptr().cast());
-            let high1 = _mm512_loadu_si512(tables.high[64..].as_ptr().cast());
-            let low0 = _mm512_loadu_si512(tables.low.as_ptr().cast());
-            let low1 = _mm512_loadu_si512(tables.low[64..].as_ptr().cast());
-            let sign = _mm512_set1_epi8(-128);
-            let nan_high = _mm512_set1_epi8(NAN_HIGH_BYTE);
-            let mut j = 0;
-            while j < ncols {
-                // Past the last column, the last one is computed again and not stored.
-                let wr: [*const u8; C] =
-                    std::array::from_fn(|c| w.offset((j + c).min(ncols - 1) as isize * ldw));
-                let mut acc = [_mm512_setzero_ps(); C];
-                let mut has_nan = false;
-                for blk in 0..blocks {
-                    let mask = if blk + 1 == blocks {
-                        tail_mask
-                    } else {
-                        u64::MAX
-                    };
-                    let mut nan = 0u64;
-                    let as_bf16 = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
-                    let mut d0 = [as_bf16(_mm512_setzero_si512()); C];
-                    let mut d1 = [as_bf16(_mm512_setzero_si512()); C];
-                    // The next column group's bytes at this offset into L2 (see `prefetch_next`).
-                    for row in wr {
-                        prefetch_next(row, C, ldw, 64 * blk);
-                    }
-                    for c in 0..C {
-                        let v = _mm512_maskz_loadu_epi8(mask, wr[c].add(64 * blk).cast());
-                        let high = _mm512_permutex2var_epi8(high0, v, high1);
-                        let low = _mm512_permutex2var_epi8(low0, v, low1);
-                        nan |= _mm512_cmpge_epu8_mask(high, nan_high);
-                        // high | (v & sign), ternary-logic truth table A | (B & C).
-                        let high = _mm512_ternarylogic_epi32::<0xF8>(high, v, sign);
-                        d0[c] = as_bf16(_mm512_unpacklo_epi8(low, high));
-                        d1[c] = as_bf16(_mm512_unpackhi_epi8(low, high));
-                    }
-                    if nan != 0 {
-                        has_nan = true;
-                        break;
-                    }
-                    let xb = xs.add(192 * blk);
-                    for part in 0..3 {
-                        let x0 = as_bf16(_mm512_loadu_si512(xb.add(64 * part).cast()));
-                        let x1 = as_bf16(_mm512_loadu_si512(xb.add(64 * part + 32).cast()));
-                        for c in 0..C {
-                            acc[c] = _mm512_dpbf16_ps(acc[c], d0[c], x0);
-                            acc[c] = _mm512_dpbf16_ps(acc[c], d1[c], x1);
-                        }
-                    }
-                }
-                let count = C.min(ncols - j);
-                if has_nan {
-                    dot512::<1, C, 1>(
-                        klen,
-                        x,
-                        0,
-                        w.offset(j as isize * ldw),
-                        ldw,
-                        count,
-                        out.add(j),
-                    );
-                } else {
-                    for c in 0..count {
-                        *out.add(j + c) = _mm512_reduce_add_ps(acc[c]);
-                    }
-                }
-                j += C;
-            }
-        }
-    }
-
     /// One activation row (permuted, see `permute_activations`) against `ncols` E4M3 weight
-    /// rows decoded by the bfloat16 tables of `dot_bf16` and widened to float32 (a bfloat16
+    /// rows decoded by the bfloat16 tables (`E4m3Bf16Tables`) and widened to float32 (a bfloat16
     /// is the top half of its float32), then float32 FMA: per 64 bytes two `vpermi2b`, a
     /// `vpternlogd`, two byte and four word unpacks instead of four sign extensions, shifts,
     /// masks and `vcvtph2ps`. Exact decode, so the sums are those of the float32 kernel up to
@@ -1027,85 +810,6 @@ mod x86 {
                 }
             }
             j += C;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{split_activation, split_activations, SPLIT_MIN};
-
-    fn bf16_value(bits: u16) -> f64 {
-        f64::from(f32::from_bits(u32::from(bits) << 16))
-    }
-
-    /// Every float32 the bfloat16 kernel accepts splits exactly into three parts of its sign,
-    /// each zero or a normal bfloat16 (`vdpbf16ps` reads denormals as zero).
-    #[test]
-    fn activations_split_exactly_into_normal_bf16_parts() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut values = vec![
-            0.0f32,
-            -0.0,
-            SPLIT_MIN,
-            -SPLIT_MIN,
-            SPLIT_MIN * (1.0 + f32::EPSILON),
-            f32::MAX,
-            -f32::MAX,
-            1.0 + f32::EPSILON,
-            -(2.0 - f32::EPSILON),
-        ];
-        for _ in 0..200_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            values.push(f32::from_bits(state as u32));
-        }
-        for v in values {
-            if !(v == 0.0 || (v.is_finite() && v.abs() >= SPLIT_MIN)) {
-                continue;
-            }
-            let parts = split_activation(v);
-            let sum: f64 = parts.iter().map(|&p| bf16_value(p)).sum();
-            assert_eq!(sum, f64::from(v), "{v:e} -> {parts:04x?}");
-            for p in parts {
-                let x = bf16_value(p);
-                assert!(x == 0.0 || x.abs() >= f64::from(f32::MIN_POSITIVE), "{v:e}");
-                assert!(
-                    x == 0.0 || (x < 0.0) == (v < 0.0),
-                    "{v:e}: part of the other sign"
-                );
-            }
-        }
-    }
-
-    /// Element `16 L + i` of a 64-block goes where the kernel's unpacked weight lands (see
-    /// `split_activations`), segments are padded with zeros to whole blocks.
-    #[test]
-    fn split_layout_follows_the_byte_unpack_order() {
-        // Values 1..=k are exact in bfloat16 up to 256: only the hi part is nonzero.
-        let (k, seg) = (150usize, 100usize);
-        let x: Vec<f32> = (1..=k).map(|v| v as f32).collect();
-        let xs = split_activations(&x, 1, k, seg, 128);
-        assert_eq!(xs.len(), 2 * 128 * 3);
-        for (s, start) in [0usize, 128 * 3].into_iter().enumerate() {
-            for blk in 0..2 {
-                for half in 0..2 {
-                    for word in 0..32 {
-                        let (lane, i) = (word / 8, word % 8);
-                        let p = blk * 64 + 16 * lane + 8 * half + i;
-                        let at = start + blk * 192 + 32 * half + word;
-                        let want = if p < seg && s * seg + p < k {
-                            (s * seg + p + 1) as f64
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(bf16_value(xs[at]), want, "segment {s} element {p}");
-                        assert_eq!(xs[at + 64], 0);
-                        assert_eq!(xs[at + 128], 0);
-                    }
-                }
-            }
         }
     }
 }
