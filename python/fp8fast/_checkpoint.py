@@ -412,6 +412,20 @@ class _OutputDir:
         if not self.shared:
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def __enter__(self) -> _OutputDir:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Commit when the block succeeded; otherwise (or if committing fails) leave nothing."""
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
+
 
 def _copy_extra(ck: Checkpoint, out: _OutputDir) -> None:
     for name in ck.extra_files:
@@ -604,37 +618,33 @@ def quantize(
             bar.finish()
             return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
-        out = _OutputDir(dst, force, shard is not None)
         try:
-            plans: Dict[str, List[str]] = {}
-            total_size = 0
-            for s in ck.shards:
-                names = []
-                for name, _, shape, start, end in ck.headers[s][1]:
-                    names.append(name)
-                    if name in targets[s]:
-                        rows_, cols_ = shape
-                        names.append(name + ("_scale_inv" if layout == "fp8-block" else "_scale"))
-                        nscale = {"tensor": 1, "channel": rows_,
-                                  "block": -(-rows_ // block[0]) * -(-cols_ // block[1])}[granularity]
-                        total_size += rows_ * cols_ + 4 * nscale
-                    else:
-                        total_size += end - start
-                plans[s] = names
-            for s in shards:
-                r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
-                                        layout, None, force or shard is None, bar, seed)
-                rows = ck.headers[s][1]
-                bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
-                files.append(out.file(s))
-                out_bytes += r["output_bytes"]
-                quantized += len(r["converted"])
-            if shard is None or shard[0] == 1:
-                _write_model_files(ck, out, plans, total_size, layout_config=qc, dtype=None)
-            out.commit()
-        except BaseException:
-            out.abort()
-            raise
+            with _OutputDir(dst, force, shard is not None) as out:
+                plans: Dict[str, List[str]] = {}
+                total_size = 0
+                for s in ck.shards:
+                    names = []
+                    for name, _, shape, start, end in ck.headers[s][1]:
+                        names.append(name)
+                        if name in targets[s]:
+                            rows_, cols_ = shape
+                            names.append(name + ("_scale_inv" if layout == "fp8-block" else "_scale"))
+                            nscale = {"tensor": 1, "channel": rows_,
+                                      "block": -(-rows_ // block[0]) * -(-cols_ // block[1])}[granularity]
+                            total_size += rows_ * cols_ + 4 * nscale
+                        else:
+                            total_size += end - start
+                    plans[s] = names
+                for s in shards:
+                    r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
+                                            layout, None, force or shard is None, bar, seed)
+                    rows = ck.headers[s][1]
+                    bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
+                    files.append(out.file(s))
+                    out_bytes += r["output_bytes"]
+                    quantized += len(r["converted"])
+                if shard is None or shard[0] == 1:
+                    _write_model_files(ck, out, plans, total_size, layout_config=qc, dtype=None)
         finally:
             bar.finish()
     return {"quantized": quantized, "files": files, "input_bytes": nbytes,
@@ -755,31 +765,27 @@ def dequantize(
             bar.finish()
             return {"dequantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
-        out = _OutputDir(dst, force, shard is not None)
         try:
-            for s in shards:
-                extra = scale_files(s)
-                r = _core.dequantize_file(ck.path(s), out.file(s), dtype, extra, block, None,
-                                          force or shard is None, bar)
-                # Scales of weights in other shards are removed by Rust only if it sees the
-                # weight; pass every shard holding such weights so the rule is global.
-                rows = ck.headers[s][1]
-                bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
-                files.append(out.file(s))
-                out_bytes += r["output_bytes"]
-                converted += len(r["converted"])
-            if shard is None or shard[0] == 1:
-                plans = {s: [r[0] for r in ck.headers[s][1] if not dropped(r[0])] for s in ck.shards}
-                itemsize = {"bf16": 2, "f16": 2, "f32": 4}[dtype]
-                total_size = sum(
-                    (int(np.prod(r[2], dtype=np.int64)) * itemsize if _is_fp8(r[1]) else r[4] - r[3])
-                    for s in ck.shards for r in ck.headers[s][1] if not dropped(r[0])
-                )
-                _write_model_files(ck, out, plans, total_size, layout_config=None, dtype=dtype)
-            out.commit()
-        except BaseException:
-            out.abort()
-            raise
+            with _OutputDir(dst, force, shard is not None) as out:
+                for s in shards:
+                    extra = scale_files(s)
+                    r = _core.dequantize_file(ck.path(s), out.file(s), dtype, extra, block, None,
+                                              force or shard is None, bar)
+                    # Scales of weights in other shards are removed by Rust only if it sees the
+                    # weight; pass every shard holding such weights so the rule is global.
+                    rows = ck.headers[s][1]
+                    bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
+                    files.append(out.file(s))
+                    out_bytes += r["output_bytes"]
+                    converted += len(r["converted"])
+                if shard is None or shard[0] == 1:
+                    plans = {s: [r[0] for r in ck.headers[s][1] if not dropped(r[0])] for s in ck.shards}
+                    itemsize = {"bf16": 2, "f16": 2, "f32": 4}[dtype]
+                    total_size = sum(
+                        (int(np.prod(r[2], dtype=np.int64)) * itemsize if _is_fp8(r[1]) else r[4] - r[3])
+                        for s in ck.shards for r in ck.headers[s][1] if not dropped(r[0])
+                    )
+                    _write_model_files(ck, out, plans, total_size, layout_config=None, dtype=dtype)
         finally:
             bar.finish()
     return {"dequantized": converted, "files": files, "input_bytes": nbytes,

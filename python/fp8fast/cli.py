@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _bench, _codec, _config, _gemm, _quant
+from ._argtypes import positive_int
 
 EPILOG = """\
 environment:
@@ -196,16 +197,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
-
-
 # Hooks through which other parts of the package add subcommands: each gets the subparsers.
 SUBCOMMAND_HOOKS: list = []
 
@@ -232,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in data (default 0)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="time every conversion against ml_dtypes astype and np.copyto")
-    p.add_argument("-n", type=_positive_int, default=1 << 24, help="elements per conversion (default 2^24)")
-    p.add_argument("--repeat", type=_positive_int, default=5, help="interleaved repetitions (default 5)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("-n", type=positive_int, default=1 << 24, help="elements per conversion (default 2^24)")
+    p.add_argument("--repeat", type=positive_int, default=5, help="interleaved repetitions (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads of the multi-threaded column (default: all)")
     p.add_argument("--only", choices=["codecs", "quant"], default=None,
                    help="run one table only (default: all)")

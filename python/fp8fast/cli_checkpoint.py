@@ -18,6 +18,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from . import _checkpoint
+from ._argtypes import positive_int
 
 EXAMPLES = """\
 examples:
@@ -28,16 +29,6 @@ examples:
   fp8fast dequantize ./DeepSeek-V3 ./DeepSeek-V3-bf16 --dtype bf16
   fp8fast inspect ./model --error --granularity channel
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
 
 
 def _block(text: str) -> Any:
@@ -118,7 +109,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="a .safetensors file, a sharded checkpoint's folder or index, or a model directory")
     p.add_argument("dst", metavar="DST", help="output file (for a single-file SRC) or directory")
-    p.add_argument("--jobs", "-j", type=_positive_int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="convert only every N-th shard starting at the I-th (for splitting across machines)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite an existing DST")

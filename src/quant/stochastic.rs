@@ -45,6 +45,7 @@
 //! AVX2, which lacks a 64-bit lane multiply.)
 
 use crate::format::Format;
+use crate::scalar::{binade, pow2};
 
 /// splitmix64 finaliser (Steele, Lea, Flood 2014) of `x + golden gamma`.
 pub const fn splitmix64(x: u64) -> u64 {
@@ -110,11 +111,6 @@ pub struct StochasticParams {
     pub start: u64,
 }
 
-/// `2^k` for `-1022 <= k <= 1023`, exact.
-fn pow2(k: i32) -> f64 {
-    f64::from_bits(((1023 + k) as u64) << 52)
-}
-
 /// The definition above written in exact `f64` arithmetic: the oracle for the kernels.
 pub fn reference(x: f64, fmt: Format, saturate: bool, r: u32) -> u8 {
     let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
@@ -127,12 +123,7 @@ pub fn reference(x: f64, fmt: Format, saturate: bool, r: u32) -> u8 {
         return overflow;
     }
     let m = fmt.mantissa_bits() as i32;
-    let emin = fmt.min_normal_exp();
-    let e = if a < pow2(emin) {
-        emin
-    } else {
-        ((a.to_bits() >> 52) & 0x7FF) as i32 - 1023
-    };
+    let e = binade(a, fmt);
     if e > fmt.max_exp() {
         return overflow;
     }

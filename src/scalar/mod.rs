@@ -23,9 +23,22 @@ use crate::format::Format;
 
 /// `2^k` for `-1022 <= k <= 1023`, built from the bits so it is exact and cheap.
 #[inline(always)]
-fn pow2(k: i32) -> f64 {
+pub(crate) fn pow2(k: i32) -> f64 {
     debug_assert!((-1022..=1023).contains(&k));
     f64::from_bits(((1023 + k) as u64) << 52)
+}
+
+/// The binade of a finite magnitude `a` on the FP8 grid: `max(floor(log2 a), emin)`, since
+/// subnormals share the smallest normal binade's spacing. The grid step there is `2^(e - m)`.
+#[inline(always)]
+pub(crate) fn binade(a: f64, fmt: Format) -> i32 {
+    let emin = fmt.min_normal_exp();
+    if a < pow2(emin) {
+        emin
+    } else {
+        // `a` is a normal f64 here, so its exponent field is floor(log2 a).
+        ((a.to_bits() >> 52) & 0x7FF) as i32 - 1023
+    }
 }
 
 /// Encode `x` to an FP8 code: round to nearest even, then saturate (`saturate = true`) or
@@ -37,17 +50,11 @@ pub fn encode_f64(x: f64, fmt: Format, saturate: bool) -> u8 {
     }
     let a = x.abs();
     let m = fmt.mantissa_bits();
-    let emin = fmt.min_normal_exp();
     let overflow = sign | fmt.overflow_code(saturate);
     if a.is_infinite() {
         return overflow;
     }
-    let e = if a < pow2(emin) {
-        emin
-    } else {
-        // `a` is a normal f64 here, so its exponent field is floor(log2 a).
-        ((a.to_bits() >> 52) & 0x7FF) as i32 - 1023
-    };
+    let e = binade(a, fmt);
     if e > fmt.max_exp() {
         return overflow;
     }
