@@ -7,7 +7,6 @@
 
 use half::{bf16, f16};
 use ndarray::{ArrayViewD, ArrayViewMutD, Axis, Zip};
-use rayon::prelude::*;
 
 use crate::arch::{codec_kernels, CodecKernels};
 use crate::error::{Error, Result};
@@ -63,11 +62,8 @@ pub fn map_slices<A: Sync, B: Send>(src: &[A], dst: &mut [B], f: impl Fn(&[A], &
         f(src, dst);
         return;
     }
-    threads::run(|| {
-        src.par_chunks(chunk)
-            .zip(dst.par_chunks_mut(chunk))
-            .for_each(|(s, d)| f(s, d));
-    });
+    let pieces = src.chunks(chunk).zip(dst.chunks_mut(chunk)).collect();
+    threads::for_each(pieces, |(s, d)| f(s, d));
 }
 
 /// The axis to walk lanes along: the one with the smallest source stride among those longer

@@ -288,7 +288,7 @@ def test_large_inputs_are_independent_of_thread_count(isa, threads):
 
 def test_concurrent_calls_from_python_threads():
     rng = np.random.default_rng(3)
-    inputs = [(rng.standard_normal(200_000) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+    inputs = [(rng.standard_normal(300_000) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
               for _ in range(16)]
     want = [x.astype(E4M3).view(np.uint8) for x in inputs]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -16,7 +16,6 @@
 //! and the conversion is a table lookup per byte: exact and about as fast as a copy.
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -270,37 +269,36 @@ pub fn dequantize_weight<O: Target>(
     } else {
         Vec::new()
     };
-    threads::run(|| {
-        codes
-            .par_chunks(per * cols)
-            .zip(out.par_chunks_mut(per * cols))
-            .enumerate()
-            .for_each(|(task, (qs, os))| {
-                let row0 = task * per;
-                let mut cached: Option<(usize, [O; 256])> = None;
-                for (i, (qr, orow)) in qs.chunks(cols).zip(os.chunks_mut(cols)).enumerate() {
-                    let r = row0 + i;
-                    let mut c = 0;
-                    while c < cols {
-                        let end = g.run_end(c, cols);
-                        let si = g.scale_index(r, c, cols);
-                        let t: &[O; 256] = if g == Granularity::Mx {
-                            mx_tables[mx_code(scales[si])]
-                                .as_deref()
-                                .expect("tabulated above")
-                        } else {
-                            if cached.as_ref().is_none_or(|(k, _)| *k != si) {
-                                cached = Some((si, table::<O>(fmt, scales[si])));
-                            }
-                            &cached.as_ref().expect("just set").1
-                        };
-                        for (o, &q) in orow[c..end].iter_mut().zip(&qr[c..end]) {
-                            *o = t[usize::from(q)];
-                        }
-                        c = end;
+    let tasks = codes
+        .chunks(per * cols)
+        .zip(out.chunks_mut(per * cols))
+        .enumerate()
+        .collect();
+    threads::for_each(tasks, |(task, (qs, os))| {
+        let row0 = task * per;
+        let mut cached: Option<(usize, [O; 256])> = None;
+        for (i, (qr, orow)) in qs.chunks(cols).zip(os.chunks_mut(cols)).enumerate() {
+            let r = row0 + i;
+            let mut c = 0;
+            while c < cols {
+                let end = g.run_end(c, cols);
+                let si = g.scale_index(r, c, cols);
+                let t: &[O; 256] = if g == Granularity::Mx {
+                    mx_tables[mx_code(scales[si])]
+                        .as_deref()
+                        .expect("tabulated above")
+                } else {
+                    if cached.as_ref().is_none_or(|(k, _)| *k != si) {
+                        cached = Some((si, table::<O>(fmt, scales[si])));
                     }
+                    &cached.as_ref().expect("just set").1
+                };
+                for (o, &q) in orow[c..end].iter_mut().zip(&qr[c..end]) {
+                    *o = t[usize::from(q)];
                 }
-            });
+                c = end;
+            }
+        }
     });
     Ok(())
 }
@@ -403,7 +401,8 @@ mod tests {
 
     #[test]
     fn quantize_matches_the_reference_for_every_granularity() {
-        let (rows, cols) = (300, 260);
+        // Above threads::PARALLEL_MIN_ELEMENTS, so that 2 threads split the work.
+        let (rows, cols) = (1100, 260);
         let mut x = lcg(rows * cols, 7);
         for v in &mut x[260..520] {
             *v = 0.0; // an all-zero row

@@ -2,8 +2,6 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::pack::{self, PackBuf, Src};
 use super::{kernels, CPtr, Elems, KernelChoice, Mat, ScalePlan};
 use crate::threads;
@@ -126,7 +124,7 @@ pub(crate) unsafe fn gemm(
 /// Run `f(0..n)` on the pool when `parallel`, else in order on this thread.
 fn for_each_index(n: usize, parallel: bool, f: impl Fn(usize) + Sync + Send) {
     if parallel && n > 1 {
-        threads::run(|| (0..n).into_par_iter().for_each(&f));
+        threads::for_each((0..n).collect(), f);
     } else {
         (0..n).for_each(f);
     }
@@ -162,15 +160,21 @@ unsafe fn run<E: PackElem>(
     let steps = |len: usize| if E::PAIRS { len.div_ceil(2) } else { len };
     let nthreads = threads::num_threads();
     let parallel = nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS;
-    // Row blocks: at most MC rows, a multiple of MR, and a multiple of the thread count of them
-    // so the threads get equal shares. Tile boundaries stay multiples of MR from row 0, so the
-    // result does not depend on this choice.
-    let mut nblocks = m.div_ceil(mk.mc);
+    // Row blocks: at most about MC rows each, a multiple of the thread count of them, and
+    // whole MR tiles spread evenly (block sizes differ by at most one tile), so the threads get
+    // equal shares: 2048 rows in equal 266-row blocks would leave one thread 8% more work at
+    // every K step. Block boundaries stay multiples of MR from row 0, so the result does not
+    // depend on this choice.
+    let tiles = m.div_ceil(mr);
+    let mut mblocks = m.div_ceil(mk.mc);
     if parallel {
-        nblocks = nblocks.div_ceil(nthreads) * nthreads;
+        mblocks = mblocks.div_ceil(nthreads) * nthreads;
     }
-    let mc = m.div_ceil(nblocks).div_ceil(mr) * mr;
-    let mblocks = m.div_ceil(mc);
+    let mblocks = mblocks.min(tiles).max(1);
+    let block_rows = |ib: usize| {
+        let (t0, t1) = (ib * tiles / mblocks, (ib + 1) * tiles / mblocks);
+        (t0 * mr, (t1 * mr).min(m))
+    };
     let nc = mk.nc;
 
     // Scales of every block of a chunk: block t at `t * m_pad` / `t * n_pad`.
@@ -254,7 +258,7 @@ unsafe fn run<E: PackElem>(
                 unsafe { E::pack(b_src(q), nr, dst) }
             };
             if parallel {
-                threads::run(|| bp.par_chunks_mut(panel_len).enumerate().for_each(pack_b));
+                threads::for_each(bp.chunks_mut(panel_len).enumerate().collect(), pack_b);
             } else {
                 bp.chunks_mut(panel_len).enumerate().for_each(pack_b);
             }
@@ -270,8 +274,8 @@ unsafe fn run<E: PackElem>(
             let (sa, sb) = (&sa[..], &sb[..]);
             let item = |it: usize| {
                 let (ib, s) = (it / nsplit, it % nsplit);
-                let i0 = ib * mc;
-                let mcur = mc.min(m - i0);
+                let (i0, i1) = block_rows(ib);
+                let mcur = i1 - i0;
                 let (q0, q1) = (s * npanels / nsplit, (s + 1) * npanels / nsplit);
                 A_PACK.with(|cell| {
                     let mut buf = cell.borrow_mut();

@@ -18,8 +18,6 @@
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
 
-use rayon::prelude::*;
-
 use super::{CPtr, Elems, Mat, ScalePlan};
 use crate::arch::Isa;
 use crate::format::Format;
@@ -176,7 +174,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         }
     };
     if parallel {
-        threads::run(|| (0..items).into_par_iter().for_each(item));
+        threads::for_each((0..items).collect(), item);
     } else {
         (0..items).for_each(item);
     }

@@ -48,7 +48,6 @@ use std::ops::Mul;
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::arch::{codec_kernels, CodecKernels};
 use crate::convert::Wide;
@@ -518,12 +517,12 @@ fn par_ranges<A: Sync, B: Send>(
         f(0, src, dst);
         return;
     }
-    threads::run(|| {
-        src.par_chunks(chunk)
-            .zip(dst.par_chunks_mut(chunk))
-            .enumerate()
-            .for_each(|(i, (s, d))| f(i * chunk, s, d));
-    });
+    let pieces = src
+        .chunks(chunk)
+        .zip(dst.chunks_mut(chunk))
+        .enumerate()
+        .collect();
+    threads::for_each(pieces, |(i, (s, d))| f(i * chunk, s, d));
 }
 
 /// Magnitude maxima of a whole slice (multi-threaded when large; exact for any split).
@@ -533,11 +532,9 @@ pub fn absmax_all<T: QuantInput>(x: &[T]) -> AbsMaxKeys {
     if chunk >= x.len() {
         return kernel(x);
     }
-    threads::run(|| {
-        x.par_chunks(chunk)
-            .map(kernel)
-            .reduce(AbsMaxKeys::default, AbsMaxKeys::merge)
-    })
+    threads::map(x.chunks(chunk).collect(), kernel)
+        .into_iter()
+        .fold(AbsMaxKeys::default(), AbsMaxKeys::merge)
 }
 
 /// Magnitude maxima of each row of a `rows x cols` C-ordered slice.
@@ -556,10 +553,12 @@ pub fn absmax_rows<T: QuantInput>(x: &[T], rows: usize, cols: usize) -> Result<V
         return Ok(vec![AbsMaxKeys::default(); rows]);
     }
     let kernel = T::absmax(quant_kernels());
-    if x.len() < threads::PARALLEL_MIN_ELEMENTS || threads::num_threads() == 1 {
-        return Ok(x.chunks(cols).map(kernel).collect());
-    }
-    Ok(threads::run(|| x.par_chunks(cols).map(kernel).collect()))
+    let rows_per_task = threads::chunk_len(x.len(), cols).div_ceil(cols);
+    let tasks = x.chunks(rows_per_task * cols).collect();
+    let per_task = threads::map(tasks, |rows| {
+        rows.chunks(cols).map(kernel).collect::<Vec<_>>()
+    });
+    Ok(per_task.into_iter().flatten().collect())
 }
 
 /// `amax` per row as `f64` (exact values of the input type): NaN-ignoring, or NaN for rows
@@ -623,9 +622,8 @@ fn group_finite_keys<T: QuantInput>(x: &[T], lay: &Layout) -> Vec<u64> {
         }
         (s_lo, part)
     };
-    let parallel = x.len() >= threads::PARALLEL_MIN_ELEMENTS && threads::num_threads() > 1;
-    let partials: Vec<(usize, Vec<u64>)> = if parallel {
-        threads::run(|| tasks.par_iter().map(task).collect())
+    let partials: Vec<(usize, Vec<u64>)> = if x.len() >= threads::PARALLEL_MIN_ELEMENTS {
+        threads::map(tasks, |t| task(&t))
     } else {
         tasks.iter().map(task).collect()
     };
