@@ -11,11 +11,14 @@
 //! - every error names the file and, where it applies, the tensor (the crate's
 //!   `TensorInvalidInfo` / `ValidationOverflow` are re-diagnosed tensor by tensor).
 //!
-//! Tensor bytes are read with positional reads (`pread`), not a memory map: a file truncated
-//! by another process while it is converted then gives an `UnexpectedEof` error instead of a
-//! `SIGBUS`, no `unsafe` is needed outside the PyO3 layer, and the pages read never count
-//! towards the process' resident set (a file mapping's touched pages do). Zero-copy access
-//! for Python users is done with Python's `mmap` over offsets this module validated.
+//! Conversions read a tensor through a memory map of its byte range ([`SafetensorsFile::map_tensor`],
+//! `memmap2`), dropped when the tensor is done: no copy out of the page cache, and the
+//! mapped pages count towards the resident set for one tensor at a time only. The price of
+//! any file mapping: if another process truncates the file during the conversion, the
+//! reads fault (`SIGBUS`) instead of failing; the length is re-checked before each map to
+//! narrow that window. Small reads (headers, scales) and streaming copies use positional
+//! reads. Zero-copy access for Python users is done with Python's `mmap` over offsets this
+//! module validated.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,6 +31,8 @@ use crate::error::{Error, Result};
 
 /// Length of the little-endian `u64` header-size prefix.
 pub const PREFIX_LEN: u64 = 8;
+/// Piece size of parallel positional reads.
+pub(crate) const IO_PIECE: usize = 2 << 20;
 /// Largest header the format allows (the `safetensors` crate's `MAX_HEADER_SIZE`).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
@@ -165,6 +170,48 @@ impl SafetensorsFile {
         self.metadata.as_ref()
     }
 
+    /// A read-only memory map of tensor `t`'s bytes with its pages mapped in up front, or
+    /// `None` for a tensor of no bytes.
+    pub fn map_tensor(&self, t: &TensorEntry) -> Result<Option<memmap2::Mmap>> {
+        let len = usize::try_from(t.nbytes())
+            .map_err(|_| value_err(&self.path, format!("tensor {:?} is too large", t.name)))?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let truncated = |e| {
+            Error::io(
+                format!(
+                    "cannot map tensor {:?} of {} (was the file truncated?)",
+                    t.name,
+                    self.path.display()
+                ),
+                e,
+            )
+        };
+        let now = self.file.metadata().map_err(truncated)?.len();
+        if now < t.end {
+            return Err(value_err(
+                &self.path,
+                format!(
+                    "the file shrank to {now} bytes since it was opened; tensor {:?} ends at {}",
+                    t.name, t.end
+                ),
+            ));
+        }
+        // SAFETY: the range lies inside the file as it is now (checked just above) and the map
+        // is only read. Should another process truncate or rewrite the file while the map
+        // lives, reads would fault or see the new bytes: the caveat of every file mapping
+        // (numpy.memmap, the safetensors package), documented at the top of this module.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(t.start)
+                .len(len)
+                .populate()
+                .map(&self.file)
+        };
+        map.map(Some).map_err(truncated)
+    }
+
     /// Read `buf.len()` bytes of tensor `t` starting `offset` bytes into it.
     pub fn read_tensor_part(&self, t: &TensorEntry, offset: u64, buf: &mut [u8]) -> Result<()> {
         offset
@@ -210,7 +257,7 @@ impl SafetensorsFile {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        let piece = super::writer::IO_PIECE;
+        let piece = IO_PIECE;
         if buf.len() < 2 * piece || crate::threads::num_threads() == 1 {
             return self.read_tensor_part(t, offset, buf);
         }

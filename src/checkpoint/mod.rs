@@ -103,6 +103,8 @@ pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress) -> Result<()>;
 
 /// Copy buffer size for tensors copied unchanged.
 const COPY_CHUNK: usize = 8 << 20;
+/// Piece of a tensor copied map to map by one thread.
+const COPY_PIECE: usize = 1 << 20;
 
 fn fp8_dtype(fmt: Format) -> Dtype {
     match fmt {
@@ -142,16 +144,6 @@ fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Two byte buffers reused from tensor to tensor, 8-byte aligned so they can be viewed as any
-/// element type. Reuse matters for speed: a fresh allocation per tensor would fault in (and
-/// zero) new pages for every tensor. They grow to the largest input and output tensor, which
-/// is what the memory bound allows.
-#[derive(Default)]
-struct Scratch {
-    input: Vec<u64>,
-    output: Vec<u64>,
-}
-
 fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
     let bytes = elements * std::mem::size_of::<T>();
     let words = bytes.div_ceil(8);
@@ -162,7 +154,10 @@ fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
     bytemuck::cast_slice_mut(&mut all[..bytes])
 }
 
-/// Read tensor `t` into `buf` viewed as elements of `T`.
+/// Read tensor `t` into `buf` viewed as elements of `T`. `buf` is reused from tensor to tensor
+/// (8-byte words, so it can be viewed as any element type): a fresh allocation per tensor would
+/// fault in and zero new pages every time. It grows to the largest input tensor, which the
+/// memory bound allows.
 fn read_into<'a, T: bytemuck::Pod>(
     f: &SafetensorsFile,
     t: &TensorEntry,
@@ -180,6 +175,24 @@ fn read_into<'a, T: bytemuck::Pod>(
     let v = view::<T>(buf, (t.nbytes() / size) as usize);
     f.read_tensor(t, bytemuck::cast_slice_mut(v))?;
     Ok(v)
+}
+
+/// Call `use_elems` with tensor `t`'s elements as `T`: straight from a memory map of the file
+/// when the tensor's offset is aligned for `T`, else read into `buf` (see [`read_into`]).
+fn with_tensor<T: bytemuck::Pod, R>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    buf: &mut Vec<u64>,
+    use_elems: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    if t.start.is_multiple_of(std::mem::align_of::<T>() as u64)
+        && t.nbytes().is_multiple_of(std::mem::size_of::<T>() as u64)
+    {
+        if let Some(map) = f.map_tensor(t)? {
+            return use_elems(bytemuck::cast_slice(&map[..]));
+        }
+    }
+    use_elems(read_into::<T>(f, t, buf)?)
 }
 
 /// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
@@ -204,6 +217,20 @@ fn copy_tensor(
     w: &mut SafetensorsWriter,
     buf: &mut Vec<u8>,
 ) -> Result<()> {
+    if w.is_mapped() {
+        // Map to map, in pieces on all threads (faulting in the output pages is most of it).
+        return w.write_tensor_with(t.nbytes() as usize, |dst: &mut [u8]| {
+            let Some(src) = f.map_tensor(t)? else {
+                return Ok(());
+            };
+            let pieces = src
+                .chunks(COPY_PIECE)
+                .zip(dst.chunks_mut(COPY_PIECE))
+                .collect();
+            crate::threads::for_each(pieces, |(s, d): (&[u8], &mut [u8])| d.copy_from_slice(s));
+            Ok(())
+        });
+    }
     let mut off = 0u64;
     while off < t.nbytes() {
         let n = (t.nbytes() - off).min(COPY_CHUNK as u64) as usize;
@@ -307,12 +334,10 @@ pub fn quantize_file(
     };
     progress(p)?;
     let mut buf = Vec::new();
-    let mut scratch = Scratch::default();
+    let mut input = Vec::new();
     for t in f.tensors() {
         if targets.contains(t.name.as_str()) {
             let (rows, cols) = matrix_dims(&f, t)?;
-            let Scratch { input, output } = &mut scratch;
-            let codes = view::<u8>(output, t.numel());
             let (fmt, g) = (opts.format, opts.granularity);
             let rounding = match opts.rounding {
                 Rounding::Stochastic { seed } => Rounding::Stochastic {
@@ -320,21 +345,17 @@ pub fn quantize_file(
                 },
                 nearest => nearest,
             };
-            let scales = match t.dtype {
-                Dtype::BF16 => {
-                    let x = read_into::<bf16>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
-                }
-                Dtype::F16 => {
-                    let x = read_into::<f16>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
-                }
-                _ => {
-                    let x = read_into::<f32>(&f, t, input)?;
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)?
-                }
-            };
-            w.write(codes)?;
+            let scales = w.write_tensor_with(t.numel(), |codes: &mut [u8]| match t.dtype {
+                Dtype::BF16 => with_tensor(&f, t, &mut input, |x: &[bf16]| {
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                }),
+                Dtype::F16 => with_tensor(&f, t, &mut input, |x: &[f16]| {
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                }),
+                _ => with_tensor(&f, t, &mut input, |x: &[f32]| {
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                }),
+            })?;
             w.write(bytemuck::cast_slice(&scales))?;
             summary.converted.push(t.name.clone());
         } else {
@@ -451,13 +472,16 @@ fn infer_granularity(
     )))
 }
 
-fn dequantize_entry<'a, O: scaled::Target>(
+/// Dequantize FP8 tensor `t` of `f` with its scale into `out` (`t.numel()` elements), reading
+/// the codes through `input`; returns the scale layout found.
+fn dequantize_entry<O: scaled::Target>(
     f: &SafetensorsFile,
     t: &TensorEntry,
     scale: &ScaleRef<'_>,
     block: Option<(usize, usize)>,
-    scratch: &'a mut Scratch,
-) -> Result<(&'a mut [O], Granularity)> {
+    input: &mut Vec<u64>,
+    out: &mut [O],
+) -> Result<Granularity> {
     let fmt = fmt_of(t.dtype).expect("caller checks the dtype");
     let (rows, cols) = match t.shape[..] {
         [r, c] => (r, c),
@@ -475,11 +499,10 @@ fn dequantize_entry<'a, O: scaled::Target>(
     let g = infer_granularity(&t.name, rows, cols, scale.entry, block)
         .map_err(|e| Error::value(format!("{}: {e}", f.path().display())))?;
     let scales = read_scales(scale)?;
-    let Scratch { input, output } = scratch;
-    let codes = read_into::<u8>(f, t, input)?;
-    let o = view::<O>(output, codes.len());
-    scaled::dequantize_weight(codes, rows, cols, fmt, &scales, g, o)?;
-    Ok((o, g))
+    with_tensor(f, t, input, |codes: &[u8]| {
+        scaled::dequantize_weight(codes, rows, cols, fmt, &scales, g, out)
+    })?;
+    Ok(g)
 }
 
 /// Names a dequantized checkpoint drops: the scales of FP8 tensors (found in `files`) and the
@@ -561,22 +584,23 @@ pub fn dequantize_file(
     };
     progress(p)?;
     let mut buf = Vec::new();
-    let mut scratch = Scratch::default();
+    let mut input = Vec::new();
     for t in f.tensors() {
         if !is_dropped(&files, &t.name) {
             if fmt_of(t.dtype).is_some() {
                 let scale = find_scale(&files, &t.name).expect("checked while planning");
+                let inp = &mut input;
                 match out {
-                    OutDtype::BF16 => w.write(bytemuck::cast_slice(
-                        dequantize_entry::<bf16>(f, t, &scale, block, &mut scratch)?.0,
-                    ))?,
-                    OutDtype::F16 => w.write(bytemuck::cast_slice(
-                        dequantize_entry::<f16>(f, t, &scale, block, &mut scratch)?.0,
-                    ))?,
-                    OutDtype::F32 => w.write(bytemuck::cast_slice(
-                        dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?.0,
-                    ))?,
-                }
+                    OutDtype::BF16 => w.write_tensor_with(t.numel(), |o: &mut [bf16]| {
+                        dequantize_entry(f, t, &scale, block, inp, o)
+                    })?,
+                    OutDtype::F16 => w.write_tensor_with(t.numel(), |o: &mut [f16]| {
+                        dequantize_entry(f, t, &scale, block, inp, o)
+                    })?,
+                    OutDtype::F32 => w.write_tensor_with(t.numel(), |o: &mut [f32]| {
+                        dequantize_entry(f, t, &scale, block, inp, o)
+                    })?,
+                };
                 summary.converted.push(t.name.clone());
             } else {
                 copy_tensor(f, t, &mut w, &mut buf)?;
@@ -637,9 +661,8 @@ fn read_f32(
         ),
         Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
             Some(scale) => {
-                let mut scratch = Scratch::default();
-                let (v, g) = dequantize_entry::<f32>(f, t, &scale, block, &mut scratch)?;
-                let v = v.to_vec();
+                let mut v = vec![0f32; t.numel()];
+                let g = dequantize_entry(f, t, &scale, block, &mut Vec::new(), &mut v)?;
                 let layout = match g {
                     Granularity::Tensor => "tensor".to_string(),
                     Granularity::Channel => "channel".to_string(),

@@ -19,7 +19,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 use crate::error::{Error, Result};
 use crate::format::Format;
-use crate::quant::{self, Rounding};
+use crate::quant::{self, QuantKernels, Rounding};
 use crate::scalar;
 use crate::threads;
 
@@ -150,6 +150,19 @@ pub fn quantize_weight_into<T: Source>(
 pub trait Target: Copy + Default + Send + Sync + bytemuck::Pod {
     /// Round exactly representable float64 values once to this type.
     fn round_from_f64(p: &[f64; 256], out: &mut [Self; 256]);
+
+    /// `out[j] = table[codes[j]]`, with the kernels `k` where they apply.
+    fn lookup(_k: &QuantKernels, codes: &[u8], table: &[Self; 256], out: &mut [Self]) {
+        for (o, &c) in out.iter_mut().zip(codes) {
+            *o = table[usize::from(c)];
+        }
+    }
+}
+
+/// The 16-bit lookup kernel of `k` on the bits of a 16-bit `Target`.
+fn lookup_16<O: Target>(k: &QuantKernels, codes: &[u8], table: &[O; 256], out: &mut [O]) {
+    let table: &[u16; 256] = bytemuck::cast_ref(table);
+    (k.lookup_u16)(codes, table, bytemuck::cast_slice_mut(out));
 }
 
 /// Round to float32 with round-to-odd: truncate toward zero, then set the last bit if anything
@@ -191,6 +204,10 @@ impl Target for bf16 {
             *o = bf16::from_bits(bf16_bits_rne(f32_round_to_odd(v)));
         }
     }
+
+    fn lookup(k: &QuantKernels, codes: &[u8], table: &[Self; 256], out: &mut [Self]) {
+        lookup_16(k, codes, table, out);
+    }
 }
 
 impl Target for f16 {
@@ -200,6 +217,10 @@ impl Target for f16 {
             *o = f32_round_to_odd(v);
         }
         out.convert_from_f32_slice(&odd);
+    }
+
+    fn lookup(k: &QuantKernels, codes: &[u8], table: &[Self; 256], out: &mut [Self]) {
+        lookup_16(k, codes, table, out);
     }
 }
 
@@ -269,6 +290,7 @@ pub fn dequantize_weight<O: Target>(
     } else {
         Vec::new()
     };
+    let qk = quant::quant_kernels();
     let tasks = codes
         .chunks(per * cols)
         .zip(out.chunks_mut(per * cols))
@@ -293,9 +315,7 @@ pub fn dequantize_weight<O: Target>(
                     }
                     &cached.as_ref().expect("just set").1
                 };
-                for (o, &q) in orow[c..end].iter_mut().zip(&qr[c..end]) {
-                    *o = t[usize::from(q)];
-                }
+                O::lookup(qk, &qr[c..end], t, &mut orow[c..end]);
                 c = end;
             }
         }

@@ -62,6 +62,17 @@ pub struct QuantKernels {
     pub scale_groups_inplace_f32: fn(&mut [f32], usize, usize, &[f32]),
     /// Stochastic rounding of `f32` to FP8 (see [`stochastic`]).
     pub stochastic_f32: fn(&[f32], &mut [u8], StochasticParams),
+    /// `out[j] = table[codes[j]]` for 16-bit results (a dequantization table of bfloat16 or
+    /// float16 bits), over the shorter of the two slices.
+    pub lookup_u16: fn(&[u8], &[u16; 256], &mut [u16]),
+}
+
+/// `out[j] = table[codes[j]]`.
+#[inline(always)]
+pub fn lookup_u16_body(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = table[usize::from(c)];
+    }
 }
 
 macro_rules! absmax_body {
@@ -198,6 +209,11 @@ fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], 
 fn scale_groups_inplace_f32_portable(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
     scale_groups_inplace_f32_body(buf, col0, group, s)
 }
+/// The table lookup has no AVX2 form worth having (no 16-bit permute across 256 entries;
+/// gathers are slower than the scalar loads), so the AVX2 table shares this one.
+pub(crate) fn lookup_u16_portable(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
+    lookup_u16_body(codes, table, out)
+}
 
 /// The portable kernels.
 pub static SCALAR_QUANT: QuantKernels = QuantKernels {
@@ -213,6 +229,7 @@ pub static SCALAR_QUANT: QuantKernels = QuantKernels {
     scale_groups_f32: scale_groups_f32_portable,
     scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
     stochastic_f32: stochastic::encode_f32,
+    lookup_u16: lookup_u16_portable,
 };
 
 /// The quantization kernels of `isa`, or `None` if this CPU lacks it.

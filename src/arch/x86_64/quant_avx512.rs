@@ -173,6 +173,35 @@ fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     stochastic::encode_f32(&src[i..n], &mut dst[i..n], q);
 }
 
+/// 32 lookups per step in the 256-entry table held in eight registers: `vpermi2w` picks from
+/// 64 entries with the low 6 bits of each index, bits 6 and 7 choose among the four picks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn lookup_u16_impl(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
+    let n = codes.len().min(out.len());
+    // SAFETY: the table is 512 bytes, read as eight 64-byte vectors.
+    let t: [__m512i; 8] =
+        std::array::from_fn(|k| unsafe { _mm512_loadu_si512(table.as_ptr().add(32 * k).cast()) });
+    let (bit6, bit7) = (_mm512_set1_epi16(0x40), _mm512_set1_epi16(0x80));
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 <= n bounds the 32-byte load and the 64-byte store.
+        unsafe {
+            let idx = _mm512_cvtepu8_epi16(_mm256_loadu_si256(codes.as_ptr().add(i).cast()));
+            let q0 = _mm512_permutex2var_epi16(t[0], idx, t[1]);
+            let q1 = _mm512_permutex2var_epi16(t[2], idx, t[3]);
+            let q2 = _mm512_permutex2var_epi16(t[4], idx, t[5]);
+            let q3 = _mm512_permutex2var_epi16(t[6], idx, t[7]);
+            let hi6 = _mm512_test_epi16_mask(idx, bit6);
+            let lo_half = _mm512_mask_blend_epi16(hi6, q0, q1);
+            let hi_half = _mm512_mask_blend_epi16(hi6, q2, q3);
+            let r = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, bit7), lo_half, hi_half);
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), r);
+        }
+        i += 32;
+    }
+    k::lookup_u16_body(&codes[i..n], table, &mut out[i..n]);
+}
+
 fn absmax_f32(x: &[f32]) -> AbsMaxKeys {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
     unsafe { absmax_f32_impl(x) }
@@ -217,6 +246,10 @@ fn stochastic_f32(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
     unsafe { stochastic_f32_impl(src, dst, p) }
 }
+fn lookup_u16(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
+    // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
+    unsafe { lookup_u16_impl(codes, table, out) }
+}
 
 static QUANT: QuantKernels = QuantKernels {
     isa: Isa::Avx512,
@@ -231,6 +264,7 @@ static QUANT: QuantKernels = QuantKernels {
     scale_groups_f32,
     scale_groups_inplace_f32,
     stochastic_f32,
+    lookup_u16,
 };
 
 /// The quantization kernels of this level. Only call when the CPU has it.
