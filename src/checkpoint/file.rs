@@ -11,13 +11,13 @@
 //! - every error names the file and, where it applies, the tensor (the crate's
 //!   `TensorInvalidInfo` / `ValidationOverflow` are re-diagnosed tensor by tensor).
 //!
-//! Conversions read a tensor through a memory map of its byte range ([`SafetensorsFile::map_tensor`],
-//! `memmap2`), dropped when the tensor is done: no copy out of the page cache, and the
-//! mapped pages count towards the resident set for one tensor at a time only. The price of
-//! any file mapping: if another process truncates the file during the conversion, the
-//! reads fault (`SIGBUS`) instead of failing; the length is re-checked before each map to
-//! narrow that window. Small reads (headers, scales) and streaming copies use positional
-//! reads. Zero-copy access for Python users is done with Python's `mmap` over offsets this
+//! On local file systems (see [`super::fskind`]) conversions read a tensor through a memory
+//! map of its byte range ([`SafetensorsFile::map_tensor`], `memmap2`), dropped when the tensor
+//! is done: no copy out of the page cache, and the mapped pages count towards the resident
+//! set for one tensor at a time only. The price of any file mapping: if another process
+//! truncates the file during the conversion, the reads fault (`SIGBUS`) instead of failing;
+//! the length is re-checked before each map to narrow that window. Elsewhere, and for small
+//! reads (headers, scales), tensors are read with positional reads. Zero-copy access for Python users is done with Python's `mmap` over offsets this
 //! module validated.
 
 use std::collections::HashMap;
@@ -73,6 +73,8 @@ pub struct SafetensorsFile {
     tensors: Vec<TensorEntry>,
     index: HashMap<String, usize>,
     metadata: Option<HashMap<String, String>>,
+    /// Whether tensors may be memory-mapped (see [`super::fskind`]).
+    mappable: bool,
 }
 
 /// The safetensors name of a dtype (`F8_E4M3`, `BF16`, ...).
@@ -129,8 +131,10 @@ impl SafetensorsFile {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
+        let mappable = super::fskind::can_map_for_reading(&file);
         Ok(SafetensorsFile {
             path: path.to_owned(),
+            mappable,
             file,
             file_len,
             header_len,
@@ -170,12 +174,13 @@ impl SafetensorsFile {
         self.metadata.as_ref()
     }
 
-    /// A read-only memory map of tensor `t`'s bytes with its pages mapped in up front, or
-    /// `None` for a tensor of no bytes.
+    /// A read-only memory map of tensor `t`'s bytes (its pages fault in as they are read), or
+    /// `None` for a tensor of no bytes or a file on a file system where reads go through
+    /// `pread` instead (see [`super::fskind`]).
     pub fn map_tensor(&self, t: &TensorEntry) -> Result<Option<memmap2::Mmap>> {
         let len = usize::try_from(t.nbytes())
             .map_err(|_| value_err(&self.path, format!("tensor {:?} is too large", t.name)))?;
-        if len == 0 {
+        if len == 0 || !self.mappable {
             return Ok(None);
         }
         let truncated = |e| {
@@ -206,7 +211,6 @@ impl SafetensorsFile {
             memmap2::MmapOptions::new()
                 .offset(t.start)
                 .len(len)
-                .populate()
                 .map(&self.file)
         };
         map.map(Some).map_err(truncated)

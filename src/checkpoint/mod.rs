@@ -14,6 +14,7 @@
 //! (`fp8fast._checkpoint`), which calls these functions once per shard.
 
 pub mod file;
+pub mod fskind;
 pub mod scaled;
 pub mod writer;
 
@@ -221,7 +222,7 @@ fn copy_tensor(
         // Map to map, in pieces on all threads (faulting in the output pages is most of it).
         return w.write_tensor_with(t.nbytes() as usize, |dst: &mut [u8]| {
             let Some(src) = f.map_tensor(t)? else {
-                return Ok(());
+                return f.read_tensor_part_parallel(t, 0, dst);
             };
             let pieces = src
                 .chunks(COPY_PIECE)

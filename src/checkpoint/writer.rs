@@ -338,9 +338,21 @@ impl Reserver {
                 return Ok(());
             }
             if let Some(e) = &st.error {
-                return Err(std::io::Error::new(e.kind(), e.to_string()));
+                return Err(match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(e.kind(), e.to_string()),
+                });
             }
-            st = cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                // Cannot happen unless the thread died: never wait for it forever.
+                return Err(std::io::Error::other(
+                    "the space reservation thread stopped",
+                ));
+            }
+            st = cv
+                .wait_timeout(st, std::time::Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }
@@ -379,8 +391,13 @@ fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Resu
 /// Reserve the blocks of bytes `offset..offset + len` of `file`, extending it if need be.
 #[cfg(target_os = "linux")]
 fn preallocate_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len)
-        .map_err(Into::into)
+    loop {
+        // tmpfs gives up with EINTR whenever a handled signal is pending: try again.
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -391,7 +408,7 @@ fn preallocate_range(_file: &File, _offset: u64, _len: u64) -> std::io::Result<(
 /// Reserve the first piece of a `total`-byte file and start reserving the rest in the
 /// background; `None` if the file system cannot reserve blocks.
 fn start_reserving(file: &File, total: u64) -> std::io::Result<Option<Reserver>> {
-    if total == 0 {
+    if total == 0 || !super::fskind::can_map_for_writing(file) {
         return Ok(None);
     }
     let first = RESERVE_PIECE.min(total);
@@ -413,6 +430,24 @@ fn is_unsupported(e: &std::io::Error) -> bool {
         }
     }
     e.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// Fault in the pages of a fresh map on all threads, a MiB per call: `MADV_POPULATE_WRITE`
+/// does in one system call what writing the MiB would do in 256 page faults (measured: 6-8%
+/// off a 2 GiB dequantization). Kernels before Linux 5.14 refuse it, and the writes fault the
+/// pages in as usual.
+fn populate(map: &memmap2::MmapMut) {
+    #[cfg(target_os = "linux")]
+    {
+        const PIECE: usize = 1 << 20;
+        let len = map.len();
+        crate::threads::for_each((0..len.div_ceil(PIECE)).collect(), |i: usize| {
+            let n = PIECE.min(len - i * PIECE);
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, i * PIECE, n);
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// A writable map of `len > 0` bytes of `file` from `offset`.
@@ -558,7 +593,7 @@ impl SafetensorsWriter {
     }
 
     /// Produce the whole next tensor, of `elements` elements of `T` (none of its bytes
-    /// written yet), with `fill`: in place in the file when it is mapped and the tensor's
+    /// written yet), with `fill`, which must write every element: in place in the file when it is mapped and the tensor's
     /// offset is aligned for `T`, else in a scratch buffer that is then written. A tensor of
     /// no bytes (which the writer has already stepped over) gets an empty slice. What `fill`
     /// returns is returned.
@@ -568,7 +603,10 @@ impl SafetensorsWriter {
         fill: impl FnOnce(&mut [T]) -> Result<R>,
     ) -> Result<R> {
         let size = (elements as u64).saturating_mul(std::mem::size_of::<T>() as u64);
-        if size == 0 {
+        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
+            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
+        }
+        if size == 0 && self.written == 0 {
             return fill(&mut []);
         }
         if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
@@ -584,6 +622,7 @@ impl SafetensorsWriter {
             let io = |e| Error::io(self.context(), e);
             reserver.wait(self.pos + size).map_err(io)?;
             let mut map = map_range(file, self.pos, len).map_err(io)?;
+            populate(&map);
             let r = fill(bytemuck::cast_slice_mut(&mut map[..]))?;
             drop(map);
             self.advance(size);
