@@ -110,6 +110,51 @@ def test_single_file_into_a_directory_and_shard_jobs(tmp_path, capsys):
     assert fp8fast.load_file(out / "m.safetensors")["model.layers.0.mlp.up_proj.weight"].dtype == fp8fast.E4M3
 
 
+def test_a_single_file_remembers_its_block_size(tmp_path, capsys):
+    # No config.json next to a lone file: its metadata must carry the block size, or a
+    # non-default one could not be dequantized.
+    src, q, back = (tmp_path / n for n in ("m.safetensors", "q.safetensors", "d.safetensors"))
+    tensors = model_tensors(layers=1)
+    write_raw(str(src), tensors, metadata={"format": "pt"})
+    assert run(capsys, "quantize", str(src), str(q), "-q", "--granularity", "block", "--block", "64x32")[0] == 0
+    with fp8fast.safe_open(q) as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt"
+    assert json.loads(meta["quantization_config"])["weight_block_size"] == [64, 32]
+    assert run(capsys, "dequantize", str(q), str(back), "-q")[0] == 0
+    with fp8fast.safe_open(back) as f:
+        assert f.metadata() == {"format": "pt"}
+    out = fp8fast.load_file(back)
+    name = "model.layers.0.mlp.up_proj.weight"
+    x, y = tensors[name].astype(np.float64), out[name].astype(np.float64)
+    rows, cols = x.shape
+    for r0 in range(0, rows, 64):
+        for c0 in range(0, cols, 32):
+            xb, yb = x[r0:r0 + 64, c0:c0 + 32], y[r0:r0 + 64, c0:c0 + 32]
+            # E4M3 with this block's scale s = amax / 448: half a step is 2^-4 relative for
+            # normals and s * 2^-10 in the subnormal range; bf16 adds 2^-8 relative.
+            s_blk = np.abs(xb).max() / 448
+            bound = np.abs(xb) * (2.0**-4 + 2.0**-8) * 1.001 + s_blk * 2.0**-10 * 1.001
+            assert np.all(np.abs(yb - xb) <= bound), (r0, c0)
+    # A broken metadata entry is a clean error.
+    bad = tmp_path / "bad.safetensors"
+    qt = fp8fast.load_file(q)
+    write_raw(str(bad), {name: qt[name], name + "_scale_inv": qt[name + "_scale_inv"]},
+              metadata={"quantization_config": "{not json"})
+    code, _, err = run(capsys, "dequantize", str(bad), str(tmp_path / "bad-out.safetensors"))
+    assert code == 1 and "not JSON" in err
+
+
+def test_index_metadata_that_is_not_an_object_is_a_clean_error(tmp_path, capsys, model):
+    index = model / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["metadata"] = "text"
+    index.write_text(json.dumps(data))
+    code, _, err = run(capsys, "quantize", str(model), str(tmp_path / "q"), "-q")
+    assert code == 1 and '"metadata" is not an object' in err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantizing_twice_is_refused(tmp_path, capsys, model):
     q = tmp_path / "q"
     assert run(capsys, "quantize", str(model), str(q), "-q")[0] == 0

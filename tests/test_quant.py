@@ -533,6 +533,12 @@ def test_bad_input():
         quantize(x, granularity="channel", axis=2**70)
     with pytest.raises(ValueError, match="block"):
         quantize(x, granularity="block", block=(2**70, 1))
+    # Only ints make a block: a string is not a sequence of sizes, 2.5 is not a size.
+    for bad in ["22", b"22", (2.5, 2), ("2", "2"), True, None]:
+        with pytest.raises(TypeError, match="block"):
+            quantize(x, granularity="block", block=bad)
+    with pytest.raises(ValueError, match="pair"):
+        quantize(x, granularity="block", block=(1, 2, 3))
     with pytest.raises(ValueError, match="format"):
         quantize(x, "e3m4")
     with pytest.raises(ValueError, match="rounding"):

@@ -215,6 +215,8 @@ def save_file(
 # Checkpoints: files, sharded checkpoints and model directories.
 
 INDEX_NAME = "model.safetensors.index.json"
+#: Key of a single quantized file's ``__metadata__`` holding its quantization config as JSON.
+METADATA_KEY = "quantization_config"
 
 #: Weights that are not Linear layers: never quantized, not listed in compressed-tensors' ignore.
 NOT_LINEAR = (r"embed", r"norm")
@@ -264,6 +266,8 @@ def open_checkpoint(src: str) -> Checkpoint:
             wm = index.get("weight_map")
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{os.path.join(src, INDEX_NAME)}: no valid \"weight_map\"")
+            if not isinstance(index.get("metadata") or {}, dict):
+                raise ValueError(f"{os.path.join(src, INDEX_NAME)}: \"metadata\" is not an object")
             shards = sorted(set(wm.values()))
         else:
             index = None
@@ -612,9 +616,13 @@ def quantize(
     qc = quantization_config(fmt, granularity, block, layout, skipped)
     with _Threads(jobs):
         if ck.single_file:
+            # A lone file has no config.json: its own metadata carries the quantization config
+            # (dequantize reads the block size from it).
             s = ck.shards[0]
+            meta = dict(ck.headers[s][2] or {})
+            meta[METADATA_KEY] = json.dumps(qc, sort_keys=True)
             r = _core.quantize_file(ck.path(s), dst, targets[s], fmt, granularity, block, layout,
-                                    None, force, bar, seed)
+                                    meta, force, bar, seed)
             bar.finish()
             return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
@@ -683,15 +691,35 @@ def _write_model_files(
 # dequantize
 
 
+def _file_quantization_config(ck: "Checkpoint") -> Optional[Dict[str, Any]]:
+    """The quantization config a single file carries in its metadata (see quantize), if any."""
+    text = (ck.headers[ck.shards[0]][2] or {}).get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        qc = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{ck.path(ck.shards[0])}: metadata {METADATA_KEY!r} is not JSON: {e}") from None
+    return {"quantization_config": qc}
+
+
 def _block_from_config(config: Optional[Dict[str, Any]]) -> Optional[Tuple[int, int]]:
+    """The block size a config declares (``weight_block_size`` of the fp8 layout, or
+    ``block_structure`` of a compressed-tensors weights group), if any."""
     qc = (config or {}).get("quantization_config") or {}
+    if not isinstance(qc, dict):
+        raise ValueError(f"quantization_config is {type(qc).__name__}, not an object")
     b = qc.get("weight_block_size")
-    if b is None:
-        for g in (qc.get("config_groups") or {}).values():
-            b = ((g or {}).get("weights") or {}).get("block_structure") or b
+    groups = qc.get("config_groups") or {}
+    if b is None and isinstance(groups, dict):
+        for g in groups.values():
+            weights = g.get("weights") if isinstance(g, dict) else None
+            if isinstance(weights, dict) and weights.get("block_structure") is not None:
+                b = weights["block_structure"]
     if b is None:
         return None
-    if not (isinstance(b, list) and len(b) == 2 and all(isinstance(v, int) and v > 0 for v in b)):
+    if not (isinstance(b, list) and len(b) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in b)):
         raise ValueError(f"quantization_config block size {b!r} is not [rows, cols]")
     return b[0], b[1]
 
@@ -723,7 +751,7 @@ def dequantize(
             return {"dequantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
         shard = None
     _check_destination(src, dst, force or shard is not None)
-    block = _block_from_config(ck.config)
+    block = _block_from_config(ck.config if not ck.single_file else _file_quantization_config(ck))
     # Which shard holds each tensor, to find scales stored beside other shards' weights.
     where = {r[0]: s for s in ck.shards for r in ck.headers[s][1]}
     fp8 = {r[0] for s in ck.shards for r in ck.headers[s][1] if _is_fp8(r[1])}
@@ -761,7 +789,10 @@ def dequantize(
     with _Threads(jobs):
         if ck.single_file:
             s = ck.shards[0]
-            r = _core.dequantize_file(ck.path(s), dst, dtype, [], block, None, force, bar)
+            meta = ck.headers[s][2]
+            if meta is not None and METADATA_KEY in meta:
+                meta = {k: v for k, v in meta.items() if k != METADATA_KEY}
+            r = _core.dequantize_file(ck.path(s), dst, dtype, [], block, meta, force, bar)
             bar.finish()
             return {"dequantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}

@@ -32,6 +32,7 @@ for any thread count, ISA path, memory layout or strides.
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
@@ -54,11 +55,16 @@ _GRANULARITIES = ("tensor", "channel", "block", "mx")
 
 
 def _block(block) -> Tuple[int, int]:
+    if isinstance(block, (bool, np.bool_, str, bytes)):
+        # A string is a sequence of characters: "22" must not become (2, 2).
+        raise TypeError(f"block must be an int or a pair of ints, got {block!r}")
     if isinstance(block, (int, np.integer)):
         block = (int(block), int(block))
     try:
-        br, bc = (int(b) for b in block)
-    except (TypeError, ValueError):
+        br, bc = (operator.index(b) for b in block)  # ints only: 2.5 is not a block size
+    except TypeError:
+        raise TypeError(f"block must be an int or a pair of ints, got {block!r}") from None
+    except ValueError:
         raise ValueError(f"block must be a pair of positive integers, got {block!r}") from None
     if not (1 <= br < 2**62 and 1 <= bc < 2**62):
         raise ValueError(f"block sizes must be >= 1, got ({br}, {bc})")
