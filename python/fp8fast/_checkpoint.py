@@ -691,7 +691,7 @@ def _write_model_files(
 # dequantize
 
 
-def _file_quantization_config(ck: "Checkpoint") -> Optional[Dict[str, Any]]:
+def _file_quantization_config(ck: Checkpoint) -> Optional[Dict[str, Any]]:
     """The quantization config a single file carries in its metadata (see quantize), if any."""
     text = (ck.headers[ck.shards[0]][2] or {}).get(METADATA_KEY)
     if text is None:
