@@ -85,3 +85,22 @@ class Ratios:
         return r.fp8fast_mt / r.fp8fast_1t
 
     track_two_threads_vs_one.unit = "x"
+
+
+class ThreadScaling:
+    """Two threads / one thread, same run, at 2^22 elements (in cache) and 2^24 (in memory)."""
+
+    params = ([1 << 22, 1 << 24], list(CASES))
+    param_names = ["n", "conversion"]
+    timeout = 900
+    number = 1
+    repeat = 1
+
+    def setup_cache(self):
+        return {n: {r.name: r for r in _bench.run(n=n, repeat=7, threads=2)} for n in self.params[0]}
+
+    def track_two_threads_vs_one(self, rows, n, name):
+        r = rows[n][name]
+        return r.fp8fast_mt / r.fp8fast_1t
+
+    track_two_threads_vs_one.unit = "x"
