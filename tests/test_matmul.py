@@ -210,8 +210,38 @@ def test_batched_and_vector_shapes(isa):
     assert matmul(v, b).shape == (3, 7)
     assert matmul(a, v).shape == (2, 1, 5)
     check(matmul(a[1, 0], v), a[1, 0], v)
-    assert matmul(v, v.astype(E4M3)).shape == ()
-    check(matmul(v, v.astype(E4M3)), v, v.astype(E4M3))
+    dot = matmul(v, v.astype(E4M3))
+    assert isinstance(dot, np.float32) and type(dot) is type(np.matmul(v, v))  # a scalar, as numpy
+    check(np.asarray(dot), v, v.astype(E4M3))
+    out0 = np.zeros((), np.float32)
+    assert matmul(v, v.astype(E4M3), out=out0) is out0 and out0 == dot
+
+
+def test_per_batch_scales(isa):
+    # Scales with leading batch dimensions: each matrix of the batch has its own, broadcast
+    # like the operands (here per-row a scales for every (i, j), per-column b scales per j).
+    rng = np.random.default_rng(14)
+    a = rand(rng, (2, 1, 5, 300), E4M3)
+    b = rand(rng, (3, 300, 7), E4M3)
+    sa = (rng.random((2, 3, 5, 1)) + 0.5).astype(np.float32)
+    sb = (rng.random((3, 1, 7)) + 0.5).astype(np.float32)
+    c = matmul(a, b, scale_a=sa, scale_b=sb)
+    assert c.shape == (2, 3, 5, 7)
+    for i in range(2):
+        for j in range(3):
+            check(c[i, j], a[i, 0], b[j], sa[i, j], sb[j])
+    # Block scales along K per batch entry, and a 2-D scale shared by the batch beside them.
+    sab = (rng.random((2, 1, 5, 3)) + 0.5).astype(np.float32)
+    sbb = (rng.random((3, 7)) + 0.5).astype(np.float32)
+    c = matmul(a, b, scale_a=sab, scale_b=sbb[None, :1, :], block=128)
+    for i in range(2):
+        for j in range(3):
+            check(c[i, j], a[i, 0], b[j], sab[i, 0], sbb[:1, :], block=128)
+    out = np.full((2, 3, 5, 7), np.nan, np.float32)
+    assert matmul(a, b, scale_a=sa, scale_b=sb, out=out) is out
+    np.testing.assert_array_equal(out, matmul(a, b, scale_a=sa, scale_b=sb))
+    with pytest.raises(ValueError, match=r"scale_a has shape \(4, 5, 1\): its batch dimensions"):
+        matmul(a, b, scale_a=np.ones((4, 5, 1), np.float32))
 
 
 @pytest.mark.parametrize("out_dtype,unit", [(F32, 0.0), (F16, 2.0**-11), (BF16, 2.0**-8)])

@@ -41,7 +41,9 @@ def _operand(x, fmt, name):
 
 
 def _scale(s, name, per_row):
-    """A scale as a 2-D float32 array; 1-D scales are per row of ``a`` / per column of ``b``."""
+    """A scale as a float32 array of at least 2 dimensions (the last two laid out like the
+    operand, any before them batch dimensions); 1-D scales are per row of ``a`` / per column
+    of ``b``."""
     if s is None:
         return None
     s = np.asarray(s)
@@ -56,9 +58,7 @@ def _scale(s, name, per_row):
         return s.reshape(1, 1)
     if s.ndim == 1:
         return s.reshape(-1, 1) if per_row else s.reshape(1, -1)
-    if s.ndim == 2:
-        return s
-    raise ValueError(f"{name} has shape {s.shape}: scales are scalars, 1-D or 2-D")
+    return s
 
 
 def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=128,
@@ -81,15 +81,17 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
         ``fmt_a`` / ``fmt_b``, or ``float32``, ``float16``, ``bfloat16`` (e.g. activations
         times FP8 weights).
     scale_a, scale_b : array_like, optional
-        Dequantization multipliers (``x ~ decode(q) * scale``), shared by a whole batch. A
-        scalar is a per-tensor scale. A 1-D ``scale_a`` has one entry per row of ``a``, a 1-D
+        Dequantization multipliers (``x ~ decode(q) * scale``). A scalar is a per-tensor
+        scale. A 1-D ``scale_a`` has one entry per row of ``a``, a 1-D
         ``scale_b`` one per column of ``b``. 2-D scales are laid out like their operand, each
         dimension 1 (broadcast), full, or ``ceil(dim / block)`` (blocks):
         ``scale_a`` is ``(1 | m | ceil(m/block), 1 | ceil(k/block))`` (DeepSeek-V3
         activations: ``(m, ceil(k/128))``), ``scale_b`` is
         ``(1 | ceil(k/block), 1 | n | ceil(n/block))`` (a ``[out, in]`` weight's 128 x 128
         ``weight_scale_inv`` transposed). Scales that vary along K are applied to each K
-        block's float32 sum.
+        block's float32 sum. Scales of up to 2 dimensions serve every matrix of a batch;
+        leading dimensions before those two give each matrix its own, and broadcast against
+        the batch dimensions of the product.
     out_dtype : dtype, optional
         ``float32`` (default), ``float16`` or ``bfloat16``; the float32 result is rounded to
         nearest even. Defaults to ``out.dtype`` when ``out`` is given.
@@ -104,7 +106,8 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
     Returns
     -------
     ndarray
-        The product, of shape ``numpy.matmul(a, b).shape``; ``out`` if given.
+        The product, of shape ``numpy.matmul(a, b).shape``; ``out`` if given. As with
+        ``numpy.matmul``, two 1-D operands give a scalar.
 
     Raises
     ------
@@ -164,6 +167,7 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
     sa = _scale(scale_a, "scale_a", per_row=True)
     sb = _scale(scale_b, "scale_b", per_row=False)
 
+    scalar_result = out is None and shape == ()  # 1-D @ 1-D: numpy returns a scalar
     if out is None:
         dt = np.dtype(np.float32 if out_dtype is None else out_dtype)
         if dt not in _OUT_DTYPES:
@@ -182,6 +186,18 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
             )
         if not out.flags.writeable:
             raise ValueError("out is read-only")
+    per_batch = [s for s in (sa, sb) if s is not None and s.ndim > 2]
+    for s, name in ((sa, "scale_a"), (sb, "scale_b")):
+        if s is not None and s.ndim > 2:
+            try:
+                ok = np.broadcast_shapes(s.shape[:-2], batch) == tuple(batch)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{name} has shape {s.shape}: its batch dimensions {s.shape[:-2]} do not "
+                    f"broadcast to the product's {tuple(batch)}"
+                )
     if out.size == 0:
         return out  # nothing to compute, however many (empty) batch entries there are
     target = out
@@ -192,10 +208,24 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
         view = view[..., None]
     if a_vec:
         view = view[..., None, :]
-    _core.matmul_into(a, b, view, fmt_a=fmt_a, fmt_b=fmt_b, scale_a=sa, scale_b=sb, block=block)
+    if per_batch:
+        # One product per batch entry, each with its own scales (each one multi-threaded).
+        def entries(x):
+            return np.broadcast_to(x, tuple(batch) + x.shape[-2:])
+
+        a_b, b_b = entries(a), entries(b)
+        sa_b = entries(sa) if sa is not None and sa.ndim > 2 else None
+        sb_b = entries(sb) if sb is not None and sb.ndim > 2 else None
+        for idx in np.ndindex(*batch):
+            _core.matmul_into(a_b[idx], b_b[idx], view[idx], fmt_a=fmt_a, fmt_b=fmt_b,
+                              scale_a=sa if sa_b is None else sa_b[idx],
+                              scale_b=sb if sb_b is None else sb_b[idx], block=block)
+    else:
+        _core.matmul_into(a, b, view, fmt_a=fmt_a, fmt_b=fmt_b, scale_a=sa, scale_b=sb,
+                          block=block)
     if target is not out:
         np.copyto(out, target)
-    return out
+    return out[()] if scalar_result else out
 
 
 def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=None,
