@@ -784,21 +784,17 @@ mod tests {
         ];
         let mut w = SafetensorsWriter::create(&p, plan, None, false).unwrap();
         let pattern = |k: usize, i: usize| (i.wrapping_mul(2654435761) >> 7) as u8 ^ k as u8;
-        w.write_tensor_with(big, |x: &mut [u8]| {
-            x.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = pattern(1, i));
-            Ok(())
-        })
-        .unwrap();
+        let fill = |k: usize| {
+            move |x: &mut [u8]| {
+                x.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = pattern(k, i));
+                Ok(())
+            }
+        };
+        w.write_tensor_with(big, fill(1)).unwrap();
         w.write(&[9; 5]).unwrap();
-        w.write_tensor_with(big, |x: &mut [u8]| {
-            x.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = pattern(3, i));
-            Ok(())
-        })
-        .unwrap();
+        w.write_tensor_with(big, fill(3)).unwrap();
         w.finish().unwrap();
         let f = SafetensorsFile::open(&p).unwrap();
         for (name, k) in [("a", 1), ("c", 3)] {
