@@ -220,7 +220,9 @@ fn copy_tensor(
 ) -> Result<()> {
     if w.is_mapped() {
         // Map to map, in pieces on all threads (faulting in the output pages is most of it).
-        return w.write_tensor_with(t.nbytes() as usize, |dst: &mut [u8]| {
+        let len = usize::try_from(t.nbytes())
+            .map_err(|_| Error::value(format!("tensor {:?} is too large", t.name)))?;
+        return w.write_tensor_with(len, |dst: &mut [u8]| {
             let Some(src) = f.map_tensor(t)? else {
                 return f.read_tensor_part_parallel(t, 0, dst);
             };
