@@ -3,10 +3,11 @@
 //! A memory map turns an I/O error into a `SIGBUS` that kills the Python process, where
 //! `pread` / `pwrite` return an error. Maps are therefore used only where that cannot happen in
 //! normal operation: on local file systems for reading (a network file system can fail a page
-//! read), and for writing only where `fallocate` truly sets the blocks aside, so that a full
-//! disk fails the `fallocate` and not a write fault (ext4, XFS, tmpfs; btrfs and ZFS may still
-//! need space when a mapped page is written back or faulted in). Everything else is read and
-//! written with positional I/O.
+//! read), and for writing only where a page, once allocated and its blocks reserved (the
+//! writer populates every page before writing, see `writer`), needs no more space when it is
+//! written again: ext4, XFS and tmpfs, not copy-on-write file systems such as btrfs or ZFS,
+//! whose pages need new space each time they are dirtied after a write-back. Everything else
+//! is read and written with positional I/O.
 
 use std::fs::File;
 
@@ -41,8 +42,8 @@ pub fn can_map_for_reading(file: &File) -> bool {
     }
 }
 
-/// Whether `fallocate` on `file`'s file system reserves blocks so that later writes through a
-/// map of the reserved range cannot fail for lack of space.
+/// Whether writes through a map of `file`, after its pages were populated, cannot fail for
+/// lack of space.
 pub fn can_map_for_writing(file: &File) -> bool {
     #[cfg(target_os = "linux")]
     {

@@ -242,7 +242,7 @@ pub fn header_bytes(
 /// tensor in the order given, then [`finish`](Self::finish) renames the file into place.
 #[derive(Debug)]
 pub struct SafetensorsWriter {
-    // Dropped first: a background reservation stops before the temporary file is removed.
+    // Dropped first: the file is closed before the temporary name is removed.
     sink: Sink,
     atomic: AtomicFile,
     tensors: Vec<OutTensor>,
