@@ -11,6 +11,7 @@ import sys
 import time
 
 import fp8fast
+import ml_dtypes
 import numpy as np
 import pytest
 from ckpt_fixtures import bad_files, model_tensors, write_model_dir, write_raw
@@ -236,3 +237,37 @@ def test_ctrl_c_leaves_nothing_at_the_destination(tmp_path):
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["big.safetensors"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs, where mounting one is allowed (root with CAP_SYS_ADMIN on Linux)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_file_system_is_a_clean_error(tmp_path, capsys, small_tmpfs):
+    # The output is written through memory maps on tmpfs: running out of space must be an
+    # error before any byte is written through a map (a write would raise SIGBUS instead).
+    src = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(0)
+    name = "model.layers.0.mlp.up_proj.weight"
+    write_raw(str(src), {name: (rng.standard_normal((2048, 2560)) * 0.02).astype(ml_dtypes.bfloat16)})
+    q = tmp_path / "q.safetensors"
+    assert run(capsys, "quantize", str(src), str(q), "-q")[0] == 0
+    # 10 MiB of bf16 and 5 MiB of FP8: neither fits in 4 MiB.
+    for argv in (["dequantize", str(q)], ["quantize", str(src)]):
+        code, _, err = run(capsys, *argv, str(small_tmpfs / "out.safetensors"), "-q")
+        assert code == 1 and "fp8fast: error:" in err, err
+        assert "no room" in err or "No space" in err, err
+        assert os.listdir(small_tmpfs) == []
