@@ -88,6 +88,14 @@ pub struct Progress {
     pub bytes_total: u64,
 }
 
+impl Progress {
+    /// Count source tensor `t` as done.
+    fn tensor_done(&mut self, t: &TensorEntry) {
+        self.tensors_done += 1;
+        self.bytes_done += t.nbytes();
+    }
+}
+
 /// What a conversion wrote.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
@@ -155,15 +163,8 @@ fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
     bytemuck::cast_slice_mut(&mut all[..bytes])
 }
 
-/// Read tensor `t` into `buf` viewed as elements of `T`. `buf` is reused from tensor to tensor
-/// (8-byte words, so it can be viewed as any element type): a fresh allocation per tensor would
-/// fault in and zero new pages every time. It grows to the largest input tensor, which the
-/// memory bound allows.
-fn read_into<'a, T: bytemuck::Pod>(
-    f: &SafetensorsFile,
-    t: &TensorEntry,
-    buf: &'a mut Vec<u64>,
-) -> Result<&'a mut [T]> {
+/// How many `T` tensor `t`'s bytes hold (an error if not a whole number).
+fn element_count<T>(f: &SafetensorsFile, t: &TensorEntry) -> Result<usize> {
     let size = std::mem::size_of::<T>() as u64;
     if !t.nbytes().is_multiple_of(size) {
         return Err(Error::value(format!(
@@ -173,7 +174,20 @@ fn read_into<'a, T: bytemuck::Pod>(
             t.nbytes()
         )));
     }
-    let v = view::<T>(buf, (t.nbytes() / size) as usize);
+    usize::try_from(t.nbytes() / size)
+        .map_err(|_| Error::value(format!("tensor {:?} is too large", t.name)))
+}
+
+/// Read tensor `t` into `buf` viewed as elements of `T`. `buf` is reused from tensor to tensor
+/// (8-byte words, so it can be viewed as any element type): a fresh allocation per tensor would
+/// fault in and zero new pages every time. It grows to the largest input tensor, which the
+/// memory bound allows.
+fn read_into<'a, T: bytemuck::Pod>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    buf: &'a mut Vec<u64>,
+) -> Result<&'a mut [T]> {
+    let v = view::<T>(buf, element_count::<T>(f, t)?);
     f.read_tensor(t, bytemuck::cast_slice_mut(v))?;
     Ok(v)
 }
@@ -198,16 +212,7 @@ fn with_tensor<T: bytemuck::Pod, R>(
 
 /// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
 fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> Result<Vec<T>> {
-    let size = std::mem::size_of::<T>() as u64;
-    if !t.nbytes().is_multiple_of(size) {
-        return Err(Error::value(format!(
-            "{}: tensor {:?} has {} bytes, not a multiple of {size}",
-            f.path().display(),
-            t.name,
-            t.nbytes()
-        )));
-    }
-    let mut v = vec![T::default(); (t.nbytes() / size) as usize];
+    let mut v = vec![T::default(); element_count::<T>(f, t)?];
     f.read_tensor(t, bytemuck::cast_slice_mut(&mut v))?;
     Ok(v)
 }
@@ -329,13 +334,7 @@ pub fn quantize_file(
         .iter()
         .map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone()))
         .collect();
-    let mut w = SafetensorsWriter::create(dst, plan, metadata, overwrite)?;
-    let mut p = Progress {
-        tensors_total: f.tensors().len(),
-        bytes_total: f.tensors().iter().map(TensorEntry::nbytes).sum(),
-        ..Progress::default()
-    };
-    progress(p)?;
+    let (mut w, mut p) = start_output(&f, dst, plan, metadata, overwrite, progress)?;
     let mut buf = Vec::new();
     let mut input = Vec::new();
     for t in f.tensors() {
@@ -364,13 +363,31 @@ pub fn quantize_file(
         } else {
             copy_tensor(&f, t, &mut w, &mut buf)?;
         }
-        p.tensors_done += 1;
-        p.bytes_done += t.nbytes();
+        p.tensor_done(t);
         progress(p)?;
     }
     w.finish()?;
     summary.output_bytes = std::fs::metadata(dst).map(|m| m.len()).unwrap_or(0);
     Ok(summary)
+}
+
+/// Create the writer of `plan` at `dst` and report the starting progress of converting `f`.
+fn start_output(
+    f: &SafetensorsFile,
+    dst: &Path,
+    plan: Vec<OutTensor>,
+    metadata: Option<HashMap<String, String>>,
+    overwrite: bool,
+    progress: ProgressFn<'_>,
+) -> Result<(SafetensorsWriter, Progress)> {
+    let w = SafetensorsWriter::create(dst, plan, metadata, overwrite)?;
+    let p = Progress {
+        tensors_total: f.tensors().len(),
+        bytes_total: f.tensors().iter().map(TensorEntry::nbytes).sum(),
+        ..Progress::default()
+    };
+    progress(p)?;
+    Ok((w, p))
 }
 
 /// Output dtype of dequantization.
@@ -579,13 +596,7 @@ pub fn dequantize_file(
         ..Summary::default()
     };
     let metadata = metadata.or_else(|| f.metadata().cloned());
-    let mut w = SafetensorsWriter::create(dst, plan, metadata, overwrite)?;
-    let mut p = Progress {
-        tensors_total: f.tensors().len(),
-        bytes_total: f.tensors().iter().map(TensorEntry::nbytes).sum(),
-        ..Progress::default()
-    };
-    progress(p)?;
+    let (mut w, mut p) = start_output(f, dst, plan, metadata, overwrite, progress)?;
     let mut buf = Vec::new();
     let mut input = Vec::new();
     for t in f.tensors() {
@@ -609,8 +620,7 @@ pub fn dequantize_file(
                 copy_tensor(f, t, &mut w, &mut buf)?;
             }
         }
-        p.tensors_done += 1;
-        p.bytes_done += t.nbytes();
+        p.tensor_done(t);
         progress(p)?;
     }
     w.finish()?;
