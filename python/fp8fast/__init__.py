@@ -11,29 +11,48 @@ array([  1., 448., 448.], dtype=float32)
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
 from . import _core
-from ._checkpoint import load_file, safe_open, save_file
-from ._codec import (
-    BFLOAT16,
-    E4M3,
-    E5M2,
-    decode,
-    encode,
-    from_e4m3,
-    from_e5m2,
-    to_e4m3,
-    to_e5m2,
-)
-from ._config import (
-    available_isas,
-    get_isa,
-    get_num_threads,
-    set_isa,
-    set_num_threads,
-    show_config,
-)
-from ._gemm import linear, matmul
-from ._quant import QuantError, amax, dequantize, quant_error, quantize
+
+#: Public name -> the submodule defining it. Submodules load on first use (PEP 562), so the
+#: command line's checkpoint conversions never import numpy and ml_dtypes; ``import fp8fast``
+#: followed by any array function behaves exactly as an eager import would.
+_EXPORTS = {
+    "load_file": "_safetensors",
+    "safe_open": "_safetensors",
+    "save_file": "_safetensors",
+    "BFLOAT16": "_codec",
+    "E4M3": "_codec",
+    "E5M2": "_codec",
+    "decode": "_codec",
+    "encode": "_codec",
+    "from_e4m3": "_codec",
+    "from_e5m2": "_codec",
+    "to_e4m3": "_codec",
+    "to_e5m2": "_codec",
+    "available_isas": "_config",
+    "get_isa": "_config",
+    "get_num_threads": "_config",
+    "set_isa": "_config",
+    "set_num_threads": "_config",
+    "show_config": "_config",
+    "linear": "_gemm",
+    "matmul": "_gemm",
+    "QuantError": "_quant",
+    "amax": "_quant",
+    "dequantize": "_quant",
+    "quant_error": "_quant",
+    "quantize": "_quant",
+}
+
+if TYPE_CHECKING:
+    from ._codec import BFLOAT16, E4M3, E5M2, decode, encode, from_e4m3, from_e5m2, to_e4m3, to_e5m2
+    from ._config import available_isas, get_isa, get_num_threads, set_isa, set_num_threads, show_config
+    from ._gemm import linear, matmul
+    from ._quant import QuantError, amax, dequantize, quant_error, quantize
+    from ._safetensors import load_file, safe_open, save_file
 
 __version__: str = _core.__version__
 
@@ -64,3 +83,16 @@ __all__ = [
     "to_e4m3",
     "to_e5m2",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fp8fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
