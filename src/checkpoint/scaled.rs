@@ -298,10 +298,14 @@ pub fn dequantize_weight<O: Target>(
         .collect();
     threads::for_each(tasks, |(task, (qs, os))| {
         let row0 = task * per;
-        let mut cached: Option<(usize, [O; 256])> = None;
+        // One table per run of a row (the k-th run of every row in a block row shares its
+        // scale): a 128x128 block's table is built once, not once for each of its 128 rows,
+        // which made building tables cost more than the lookups they serve.
+        let mut cached: Vec<(usize, [O; 256])> = Vec::new();
         for (i, (qr, orow)) in qs.chunks(cols).zip(os.chunks_mut(cols)).enumerate() {
             let r = row0 + i;
             let mut c = 0;
+            let mut run = 0;
             while c < cols {
                 let end = g.run_end(c, cols);
                 let si = g.scale_index(r, c, cols);
@@ -310,13 +314,16 @@ pub fn dequantize_weight<O: Target>(
                         .as_deref()
                         .expect("tabulated above")
                 } else {
-                    if cached.as_ref().is_none_or(|(k, _)| *k != si) {
-                        cached = Some((si, table::<O>(fmt, scales[si])));
+                    if run == cached.len() {
+                        cached.push((si, table::<O>(fmt, scales[si])));
+                    } else if cached[run].0 != si {
+                        cached[run] = (si, table::<O>(fmt, scales[si]));
                     }
-                    &cached.as_ref().expect("just set").1
+                    &cached[run].1
                 };
                 O::lookup(qk, &qr[c..end], t, &mut orow[c..end]);
                 c = end;
+                run += 1;
             }
         }
     });
@@ -518,6 +525,33 @@ mod tests {
                         assert_eq!(o16[k].to_f64(), best.to_f64(), "{g:?} {k} p={p}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_blocks_spanning_tasks_use_each_blocks_scale() {
+        // Large enough to be split into tasks of whole block rows, with partial blocks at the
+        // right and bottom edges; every element is checked against its own block's scale.
+        let (rows, cols) = (600, 520);
+        let codes: Vec<u8> = (0..rows * cols).map(|k| (k * 101 % 255) as u8).collect();
+        for g in [
+            Granularity::Block(128, 128),
+            Granularity::Block(7, 50),
+            Granularity::Channel,
+        ] {
+            let n: usize = g.scale_shape(rows, cols).iter().product();
+            let scales: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 / 64.0).collect();
+            let mut out = vec![0f32; rows * cols];
+            dequantize_weight(&codes, rows, cols, Format::E4M3, &scales, g, &mut out).unwrap();
+            for (k, &o) in out.iter().enumerate() {
+                let (r, c) = (k / cols, k % cols);
+                let want = (scalar::decode_f64(codes[k], Format::E4M3)
+                    * scales[g.scale_index(r, c, cols)]) as f32;
+                assert!(
+                    o == want || (want.is_nan() && o.is_nan()),
+                    "{g:?} ({r}, {c})"
+                );
             }
         }
     }
