@@ -15,6 +15,7 @@
 
 pub mod file;
 pub mod fskind;
+pub mod pipeline;
 pub mod scaled;
 pub mod writer;
 
@@ -492,15 +493,16 @@ fn infer_granularity(
     )))
 }
 
-/// Dequantize FP8 tensor `t` of `f` with its scale into `out` (`t.numel()` elements), reading
-/// the codes through `input`; returns the scale layout found.
+/// Dequantize FP8 tensor `t` of `f` with its scale: `emit` gets the checked
+/// [`scaled::Dequantizer`] over its codes (read through `input`) and produces the output;
+/// returns the scale layout found.
 fn dequantize_entry<O: scaled::Target>(
     f: &SafetensorsFile,
     t: &TensorEntry,
     scale: &ScaleRef<'_>,
     block: Option<(usize, usize)>,
     input: &mut Vec<u64>,
-    out: &mut [O],
+    emit: impl FnOnce(&scaled::Dequantizer<'_, O>) -> Result<()>,
 ) -> Result<Granularity> {
     let fmt = fmt_of(t.dtype).expect("caller checks the dtype");
     let (rows, cols) = match t.shape[..] {
@@ -520,9 +522,29 @@ fn dequantize_entry<O: scaled::Target>(
         .map_err(|e| Error::value(format!("{}: {e}", f.path().display())))?;
     let scales = read_scales(scale)?;
     with_tensor(f, t, input, |codes: &[u8]| {
-        scaled::dequantize_weight(codes, rows, cols, fmt, &scales, g, out)
+        emit(&scaled::Dequantizer::new(
+            codes, rows, cols, fmt, &scales, g,
+        )?)
     })?;
     Ok(g)
+}
+
+/// Dequantize `t` into the writer's next tensor, piece by piece beside the writer thread.
+fn dequantize_into<O: scaled::Target + bytemuck::Pod>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    scale: &ScaleRef<'_>,
+    block: Option<(usize, usize)>,
+    input: &mut Vec<u64>,
+    w: &mut SafetensorsWriter,
+) -> Result<()> {
+    dequantize_entry::<O>(f, t, scale, block, input, |d| {
+        w.write_tensor_pipelined(t.numel(), d.piece_align(), |first, out: &mut [O]| {
+            d.fill(first, out);
+            Ok(())
+        })
+    })
+    .map(|_| ())
 }
 
 /// Names a dequantized checkpoint drops: the scales of FP8 tensors (found in `files`) and the
@@ -603,17 +625,16 @@ pub fn dequantize_file(
         if !is_dropped(&files, &t.name) {
             if fmt_of(t.dtype).is_some() {
                 let scale = find_scale(&files, &t.name).expect("checked while planning");
-                let inp = &mut input;
                 match out {
-                    OutDtype::BF16 => w.write_tensor_with(t.numel(), |o: &mut [bf16]| {
-                        dequantize_entry(f, t, &scale, block, inp, o)
-                    })?,
-                    OutDtype::F16 => w.write_tensor_with(t.numel(), |o: &mut [f16]| {
-                        dequantize_entry(f, t, &scale, block, inp, o)
-                    })?,
-                    OutDtype::F32 => w.write_tensor_with(t.numel(), |o: &mut [f32]| {
-                        dequantize_entry(f, t, &scale, block, inp, o)
-                    })?,
+                    OutDtype::BF16 => {
+                        dequantize_into::<bf16>(f, t, &scale, block, &mut input, &mut w)?
+                    }
+                    OutDtype::F16 => {
+                        dequantize_into::<f16>(f, t, &scale, block, &mut input, &mut w)?
+                    }
+                    OutDtype::F32 => {
+                        dequantize_into::<f32>(f, t, &scale, block, &mut input, &mut w)?
+                    }
                 };
                 summary.converted.push(t.name.clone());
             } else {
@@ -675,7 +696,8 @@ fn read_f32(
         Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
             Some(scale) => {
                 let mut v = vec![0f32; t.numel()];
-                let g = dequantize_entry(f, t, &scale, block, &mut Vec::new(), &mut v)?;
+                let g =
+                    dequantize_entry(f, t, &scale, block, &mut Vec::new(), |d| d.fill_all(&mut v))?;
                 let layout = match g {
                     Granularity::Tensor => "tensor".to_string(),
                     Granularity::Channel => "channel".to_string(),

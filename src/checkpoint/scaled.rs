@@ -248,7 +248,8 @@ pub fn e8m0_value(code: u8) -> f64 {
 }
 
 /// Dequantize a row-major `(rows, cols)` weight of codes with scales laid out for `g`
-/// (float64 values; for MX pass the E8M0 values from [`e8m0_value`]) into `out`.
+/// (float64 values; for MX pass the E8M0 values from [`e8m0_value`]) into `out`, on all
+/// threads.
 pub fn dequantize_weight<O: Target>(
     codes: &[u8],
     rows: usize,
@@ -258,51 +259,103 @@ pub fn dequantize_weight<O: Target>(
     g: Granularity,
     out: &mut [O],
 ) -> Result<()> {
-    g.check()?;
-    check_dims(codes.len(), rows, cols)?;
-    if out.len() != codes.len() {
-        return Err(Error::value("output length differs from the input's"));
-    }
-    let want: usize = g.scale_shape(rows, cols).iter().product();
-    if scales.len() != want {
-        return Err(Error::value(format!(
-            "{} scales for a ({rows}, {cols}) weight with {g:?} scaling, expected {want}",
-            scales.len()
-        )));
-    }
-    if codes.is_empty() {
-        return Ok(());
-    }
-    let align = match g {
-        Granularity::Block(br, _) => br,
-        _ => 1,
-    };
-    let per = rows_per_task(rows, cols, align);
-    // MX scales take only 256 values: tabulate each one used, once for the whole tensor.
-    let mx_tables: Vec<Option<Box<[O; 256]>>> = if g == Granularity::Mx {
-        let mut used = [false; 256];
-        for &s in scales {
-            used[mx_code(s)] = true;
+    Dequantizer::new(codes, rows, cols, fmt, scales, g)?.fill_all(out)
+}
+
+/// A checked dequantization of one weight that fills any run of whole rows on the calling
+/// thread ([`fill`](Self::fill)), so a caller can produce the output piece by piece.
+pub struct Dequantizer<'a, O: Target> {
+    codes: &'a [u8],
+    cols: usize,
+    fmt: Format,
+    scales: &'a [f64],
+    g: Granularity,
+    /// MX scales take only 256 values: each one used is tabulated once for the whole tensor.
+    mx_tables: Vec<Option<Box<[O; 256]>>>,
+    kernels: &'static QuantKernels,
+}
+
+impl<'a, O: Target> Dequantizer<'a, O> {
+    /// Check the shapes: `codes` is `(rows, cols)`, `scales` as `g` lays them out.
+    pub fn new(
+        codes: &'a [u8],
+        rows: usize,
+        cols: usize,
+        fmt: Format,
+        scales: &'a [f64],
+        g: Granularity,
+    ) -> Result<Self> {
+        g.check()?;
+        check_dims(codes.len(), rows, cols)?;
+        let want: usize = g.scale_shape(rows, cols).iter().product();
+        if scales.len() != want {
+            return Err(Error::value(format!(
+                "{} scales for a ({rows}, {cols}) weight with {g:?} scaling, expected {want}",
+                scales.len()
+            )));
         }
-        (0..256)
-            .map(|code| used[code].then(|| Box::new(table::<O>(fmt, e8m0_value(code as u8)))))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let qk = quant::quant_kernels();
-    let tasks = codes
-        .chunks(per * cols)
-        .zip(out.chunks_mut(per * cols))
-        .enumerate()
-        .collect();
-    threads::for_each(tasks, |(task, (qs, os))| {
-        let row0 = task * per;
+        let mx_tables = if g == Granularity::Mx {
+            let mut used = [false; 256];
+            for &s in scales {
+                used[mx_code(s)] = true;
+            }
+            (0..256)
+                .map(|code| used[code].then(|| Box::new(table::<O>(fmt, e8m0_value(code as u8)))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Dequantizer {
+            codes,
+            cols,
+            fmt,
+            scales,
+            g,
+            mx_tables,
+            kernels: quant::quant_kernels(),
+        })
+    }
+
+    /// Pieces should hold a multiple of this many elements: whole rows, and for block scales
+    /// whole block rows, whose tables [`fill`](Self::fill) builds once per call.
+    pub fn piece_align(&self) -> usize {
+        let rows = match self.g {
+            Granularity::Block(br, _) => br,
+            _ => 1,
+        };
+        rows * self.cols
+    }
+
+    /// Dequantize the whole weight into `out`, on all threads.
+    pub fn fill_all(&self, out: &mut [O]) -> Result<()> {
+        if out.len() != self.codes.len() {
+            return Err(Error::value("output length differs from the input's"));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let rows = self.codes.len() / self.cols;
+        let align = self.piece_align() / self.cols;
+        let per = rows_per_task(rows, self.cols, align) * self.cols;
+        let tasks = out.chunks_mut(per).enumerate().collect();
+        threads::for_each(tasks, |(task, os): (usize, &mut [O])| {
+            self.fill(task * per, os)
+        });
+        Ok(())
+    }
+
+    /// Dequantize the elements from `first` (the start of a row) into `out` (whole rows, or
+    /// up to the end).
+    pub fn fill(&self, first: usize, out: &mut [O]) {
+        let (cols, g) = (self.cols, self.g);
+        debug_assert!(first.is_multiple_of(cols.max(1)));
+        let codes = &self.codes[first..first + out.len()];
+        let row0 = first / cols.max(1);
         // One table per run of a row (the k-th run of every row in a block row shares its
         // scale): a 128x128 block's table is built once, not once for each of its 128 rows,
         // which made building tables cost more than the lookups they serve.
         let mut cached: Vec<(usize, [O; 256])> = Vec::new();
-        for (i, (qr, orow)) in qs.chunks(cols).zip(os.chunks_mut(cols)).enumerate() {
+        for (i, (qr, orow)) in codes.chunks(cols).zip(out.chunks_mut(cols)).enumerate() {
             let r = row0 + i;
             let mut c = 0;
             let mut run = 0;
@@ -310,24 +363,23 @@ pub fn dequantize_weight<O: Target>(
                 let end = g.run_end(c, cols);
                 let si = g.scale_index(r, c, cols);
                 let t: &[O; 256] = if g == Granularity::Mx {
-                    mx_tables[mx_code(scales[si])]
+                    self.mx_tables[mx_code(self.scales[si])]
                         .as_deref()
-                        .expect("tabulated above")
+                        .expect("tabulated in new")
                 } else {
                     if run == cached.len() {
-                        cached.push((si, table::<O>(fmt, scales[si])));
+                        cached.push((si, table::<O>(self.fmt, self.scales[si])));
                     } else if cached[run].0 != si {
-                        cached[run] = (si, table::<O>(fmt, scales[si]));
+                        cached[run] = (si, table::<O>(self.fmt, self.scales[si]));
                     }
                     &cached[run].1
                 };
-                O::lookup(qk, &qr[c..end], t, &mut orow[c..end]);
+                O::lookup(self.kernels, &qr[c..end], t, &mut orow[c..end]);
                 c = end;
                 run += 1;
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// The E8M0 code of an MX scale value produced by [`e8m0_value`].

@@ -30,6 +30,7 @@ use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
 
 use super::file::{MAX_HEADER_LEN, PREFIX_LEN};
+use super::pipeline::WriterThread;
 use crate::error::{Error, Result};
 
 /// A file created under a temporary name next to its destination and renamed into place by
@@ -242,7 +243,9 @@ pub fn header_bytes(
 /// tensor in the order given, then [`finish`](Self::finish) renames the file into place.
 #[derive(Debug)]
 pub struct SafetensorsWriter {
-    // Dropped first: the file is closed before the temporary name is removed.
+    // Dropped first: the writer thread is done and the file closed before the temporary name
+    // is removed.
+    pipeline: Option<WriterThread>,
     sink: Sink,
     atomic: AtomicFile,
     tensors: Vec<OutTensor>,
@@ -265,13 +268,16 @@ enum Sink {
     Mapped(File, bool),
 }
 
+/// Bytes per piece of [`SafetensorsWriter::write_tensor_pipelined`].
+const PIPELINE_PIECE_BYTES: usize = 1 << 20;
+
 #[cfg(unix)]
-fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+pub(super) fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
 }
 
 #[cfg(windows)]
-fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+pub(super) fn write_all_at(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
     use std::os::windows::fs::FileExt;
     while !bytes.is_empty() {
         match file.seek_write(bytes, offset) {
@@ -327,9 +333,9 @@ fn populate(map: &memmap2::MmapMut) -> std::io::Result<bool> {
 /// A writable map of `len > 0` bytes of `file` from `offset`.
 fn map_range(file: &File, offset: u64, len: usize) -> std::io::Result<memmap2::MmapMut> {
     // SAFETY: the file is this writer's own temporary file (created with `create_new` under a
-    // name no one else uses), already of its final length, and it is neither truncated nor
-    // written through another handle while the map lives (the map is dropped before the next
-    // tensor). The caller writes through the map only after `populate` has put every page in
+    // name no one else uses), already of its final length, and it is never truncated; while
+    // the map lives no other handle writes its range (the writer thread writes only the
+    // ranges of earlier tensors; the map is dropped before the next tensor). The caller writes through the map only after `populate` has put every page in
     // place, so a lack of space is an error from `populate`, not a fault; only another process
     // truncating the file could make a write fault.
     unsafe {
@@ -390,6 +396,7 @@ impl SafetensorsWriter {
             written: 0,
             pos: data_start,
             scratch: Vec::new(),
+            pipeline: None,
         };
         w.skip_empty();
         Ok(w)
@@ -515,6 +522,87 @@ impl SafetensorsWriter {
         r
     }
 
+    /// Produce the whole next tensor, of `elements` elements of `T`, in pieces: the calling
+    /// thread fills piece after piece (`fill(first_element, piece)`, each piece a multiple of
+    /// `align` elements but the last) into a few reused buffers while a writer thread
+    /// ([`super::pipeline`]) writes the filled ones into the file. A write error may surface
+    /// only at a later call or at [`finish`](Self::finish), which waits for every byte.
+    pub fn write_tensor_pipelined<T: bytemuck::Pod>(
+        &mut self,
+        elements: usize,
+        align: usize,
+        fill: impl Fn(usize, &mut [T]) -> Result<()>,
+    ) -> Result<()> {
+        let item = std::mem::size_of::<T>();
+        let size = (elements as u64).saturating_mul(item as u64);
+        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
+            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
+        }
+        if size == 0 && self.written == 0 {
+            return Ok(());
+        }
+        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
+            return Err(Error::value(format!(
+                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
+                self.atomic.dest().display(),
+                self.sizes.get(self.current).map_or(0, |s| s - self.written)
+            )));
+        }
+        let align = align.max(1);
+        let piece = (PIPELINE_PIECE_BYTES / item).div_ceil(align).max(1) * align;
+        if let (Sink::Mapped(file, _), None) = (&self.sink, &self.pipeline) {
+            let io = |e| Error::io(self.context(), e);
+            let own = file.try_clone().map_err(io)?;
+            self.pipeline = Some(WriterThread::start(own).map_err(io)?);
+        }
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            // A streamed file: the same pieces, written in turn on this thread.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let mut first = 0;
+            let mut r = Ok(());
+            while first < elements && r.is_ok() {
+                let n = piece.min(elements - first);
+                let words = (n * item).div_ceil(8);
+                if scratch.len() < words {
+                    scratch.resize(words, 0);
+                }
+                let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)[..n * item];
+                r = fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|()| self.write(bytes));
+                first += n;
+            }
+            self.scratch = scratch;
+            return r;
+        };
+        let mut first = 0;
+        while first < elements {
+            let n = piece.min(elements - first);
+            let len = n * item;
+            let Some(mut buf) = pipeline.buffer(len.div_ceil(8)) else {
+                break;
+            };
+            fill(
+                first,
+                bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len]),
+            )?;
+            if !pipeline.send(buf, len, self.pos + (first * item) as u64) {
+                break;
+            }
+            first += n;
+        }
+        if first < elements {
+            // The writer thread stopped on an error: report it.
+            let stopped = self.pipeline.take().expect("running").finish();
+            return Err(Error::io(
+                self.context(),
+                stopped
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("the writer thread stopped")),
+            ));
+        }
+        self.advance(size);
+        Ok(())
+    }
+
     /// Check that every tensor was written in full, then sync and rename into place.
     pub fn finish(mut self) -> Result<()> {
         if let Some(t) = self.tensors.get(self.current) {
@@ -523,6 +611,11 @@ impl SafetensorsWriter {
                 self.atomic.dest().display(),
                 t.name
             )));
+        }
+        if let Some(pipeline) = self.pipeline.take() {
+            pipeline.finish().map_err(|e| {
+                Error::io(format!("cannot write {}", self.atomic.dest().display()), e)
+            })?;
         }
         if let Sink::Stream(out) = &mut self.sink {
             out.flush().map_err(|e| {
@@ -645,6 +738,106 @@ mod tests {
             images.push(std::fs::read(&p).unwrap());
         }
         assert!(images[0] == images[1]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn pipelined_tensors_are_written_whole_in_order_with_the_rest() {
+        let d = tmpdir("pipelined");
+        // Pipelined tensors after an odd-sized one (unaligned in the file), not a whole number
+        // of pieces, between tensors written the other ways; on both sinks.
+        let n_a = 700_001;
+        let n_c = (3 << 19) + 7;
+        let plan = vec![
+            OutTensor::new("odd", Dtype::U8, vec![13]),
+            OutTensor::new("a", Dtype::F32, vec![n_a]),
+            OutTensor::new("b", Dtype::F32, vec![1000]),
+            OutTensor::new("c", Dtype::U16, vec![n_c]),
+            OutTensor::new("empty", Dtype::U16, vec![0]),
+            OutTensor::new("tail", Dtype::U8, vec![3]),
+        ];
+        let value_a = |i: usize| (i as f32).mul_add(0.5, -3.0);
+        let value_c = |i: usize| (i.wrapping_mul(40503) >> 3) as u16;
+        let mut images = vec![];
+        for map in [false, true] {
+            let p = d.join(format!("p{map}.safetensors"));
+            let mut w = SafetensorsWriter::create_with(&p, plan.clone(), None, false, map).unwrap();
+            w.write(&[5; 13]).unwrap();
+            let pieces = std::sync::Mutex::new(vec![]);
+            w.write_tensor_pipelined(n_a, 1000, |first, x: &mut [f32]| {
+                pieces.lock().unwrap().push((first, x.len()));
+                x.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = value_a(first + i));
+                Ok(())
+            })
+            .unwrap();
+            let pieces = pieces.into_inner().unwrap();
+            assert!(pieces.len() > 2, "{pieces:?}");
+            let mut next = 0;
+            for &(first, len) in &pieces {
+                assert_eq!(first, next);
+                assert!(first % 1000 == 0 && (len % 1000 == 0 || first + len == n_a));
+                next += len;
+            }
+            assert_eq!(next, n_a);
+            w.write_tensor_with(1000, |x: &mut [f32]| {
+                x.fill(2.5);
+                Ok(())
+            })
+            .unwrap();
+            // A whole tensor must have the next tensor's size.
+            assert!(w
+                .write_tensor_pipelined(n_c + 1, 1, |_, _: &mut [u16]| Ok(()))
+                .is_err());
+            w.write_tensor_pipelined(n_c, 1, |first, x: &mut [u16]| {
+                x.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = value_c(first + i));
+                Ok(())
+            })
+            .unwrap();
+            w.write_tensor_pipelined(0, 1, |_, _: &mut [u16]| Ok(()))
+                .unwrap();
+            w.write(&[1, 2, 3]).unwrap();
+            w.finish().unwrap();
+            let f = SafetensorsFile::open(&p).unwrap();
+            let read = |name: &str| {
+                let t = f.get(name).unwrap();
+                let mut b = vec![0u8; t.nbytes() as usize];
+                f.read_tensor(t, &mut b).unwrap();
+                b
+            };
+            let a = read("a");
+            assert!(a
+                .chunks(4)
+                .enumerate()
+                .all(|(i, c)| f32::from_le_bytes(c.try_into().unwrap()) == value_a(i)));
+            let c = read("c");
+            assert!(c
+                .chunks(2)
+                .enumerate()
+                .all(|(i, b)| u16::from_le_bytes(b.try_into().unwrap()) == value_c(i)));
+            assert_eq!(read("tail"), [1, 2, 3]);
+            images.push(std::fs::read(&p).unwrap());
+        }
+        assert!(images[0] == images[1]);
+        // A fill that fails part-way leaves nothing, with pieces already sent to the thread.
+        for map in [false, true] {
+            let p = d.join("failed.safetensors");
+            let plan = vec![OutTensor::new("a", Dtype::F32, vec![n_a])];
+            let mut w = SafetensorsWriter::create_with(&p, plan, None, false, map).unwrap();
+            let r = w.write_tensor_pipelined(n_a, 1, |first, _: &mut [f32]| {
+                if first > n_a / 2 {
+                    Err(Error::value("bad input"))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(r.is_err());
+            drop(w);
+            assert_eq!(std::fs::read_dir(&d).unwrap().count(), 2, "only the two images");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
