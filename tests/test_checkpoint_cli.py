@@ -271,3 +271,36 @@ def test_a_full_file_system_is_a_clean_error(tmp_path, capsys, small_tmpfs):
         assert code == 1 and "fp8fast: error:" in err, err
         assert "no room" in err or "No space" in err, err
         assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, capsys, granularity):
+    # --jobs 1: each piece written as it is converted; 2: converted beside a writer thread;
+    # 3: converted on all threads into a map of the output. Weights of several MiB, not a
+    # whole number of 1 MiB pieces nor of 128-row blocks, so pieces and blocks straddle.
+    rng = np.random.default_rng(5)
+    tensors = {
+        "model.layers.0.mlp.up_proj.weight": (rng.standard_normal((1000, 1300)) * 0.02).astype(ml_dtypes.bfloat16),
+        "model.layers.0.input_layernorm.weight": np.ones(1300, ml_dtypes.bfloat16),
+        "model.layers.0.mlp.down_proj.weight": (rng.standard_normal((1300, 777)) * 3).astype(np.float32),
+    }
+    src, q = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    fp8fast.save_file(tensors, src)
+    assert run(capsys, "quantize", str(src), str(q), "-q", "--granularity", granularity)[0] == 0
+    qt = fp8fast.load_file(q)
+    for dtype in ("f32", "bf16"):
+        images = []
+        for jobs in ("1", "2", "3"):
+            out = tmp_path / f"{dtype}-{jobs}.safetensors"
+            code, _, err = run(capsys, "dequantize", str(q), str(out), "--dtype", dtype, "--jobs", jobs, "-q")
+            assert code == 0, err
+            images.append(out.read_bytes())
+        assert images[0] == images[1] == images[2], dtype
+    back = fp8fast.load_file(tmp_path / "f32-1.safetensors")
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"):
+        codes = qt[name].astype(np.float64)
+        s = qt[name + ("_scale" if granularity == "channel" else "_scale_inv")].astype(np.float64)
+        if granularity == "block":
+            s = np.repeat(np.repeat(s, 128, axis=0), 128, axis=1)[: codes.shape[0], : codes.shape[1]]
+        assert np.array_equal(back[name], (codes * s).astype(np.float32)), name
+    assert np.array_equal(back["model.layers.0.input_layernorm.weight"], tensors["model.layers.0.input_layernorm.weight"])

@@ -262,10 +262,11 @@ pub fn dequantize_weight<O: Target>(
     Dequantizer::new(codes, rows, cols, fmt, scales, g)?.fill_all(out)
 }
 
-/// A checked dequantization of one weight that fills any run of whole rows on the calling
+/// A checked dequantization of one weight that fills any run of its elements on the calling
 /// thread ([`fill`](Self::fill)), so a caller can produce the output piece by piece.
 pub struct Dequantizer<'a, O: Target> {
     codes: &'a [u8],
+    rows: usize,
     cols: usize,
     fmt: Format,
     scales: &'a [f64],
@@ -307,6 +308,7 @@ impl<'a, O: Target> Dequantizer<'a, O> {
         };
         Ok(Dequantizer {
             codes,
+            rows,
             cols,
             fmt,
             scales,
@@ -316,14 +318,15 @@ impl<'a, O: Target> Dequantizer<'a, O> {
         })
     }
 
-    /// Pieces should hold a multiple of this many elements: whole rows, and for block scales
-    /// whole block rows, whose tables [`fill`](Self::fill) builds once per call.
+    /// Pieces that hold a multiple of this many elements build fewest tables in
+    /// [`fill`](Self::fill): whole rows, and for block scales whole block rows. Any piece is
+    /// correct.
     pub fn piece_align(&self) -> usize {
         let rows = match self.g {
-            Granularity::Block(br, _) => br,
+            Granularity::Block(br, _) => br.min(self.rows),
             _ => 1,
         };
-        rows * self.cols
+        rows.saturating_mul(self.cols).max(1)
     }
 
     /// Dequantize the whole weight into `out`, on all threads.
@@ -334,9 +337,8 @@ impl<'a, O: Target> Dequantizer<'a, O> {
         if out.is_empty() {
             return Ok(());
         }
-        let rows = self.codes.len() / self.cols;
         let align = self.piece_align() / self.cols;
-        let per = rows_per_task(rows, self.cols, align) * self.cols;
+        let per = rows_per_task(self.rows, self.cols, align) * self.cols;
         let tasks = out.chunks_mut(per).enumerate().collect();
         threads::for_each(tasks, |(task, os): (usize, &mut [O])| {
             self.fill(task * per, os)
@@ -344,40 +346,43 @@ impl<'a, O: Target> Dequantizer<'a, O> {
         Ok(())
     }
 
-    /// Dequantize the elements from `first` (the start of a row) into `out` (whole rows, or
-    /// up to the end).
+    /// Dequantize the `out.len()` elements from element `first` (in row-major order) into
+    /// `out`, on the calling thread.
+    ///
+    /// # Panics
+    /// If the elements run past the end of the weight.
     pub fn fill(&self, first: usize, out: &mut [O]) {
         let (cols, g) = (self.cols, self.g);
-        debug_assert!(first.is_multiple_of(cols.max(1)));
         let codes = &self.codes[first..first + out.len()];
-        let row0 = first / cols.max(1);
-        // One table per run of a row (the k-th run of every row in a block row shares its
-        // scale): a 128x128 block's table is built once, not once for each of its 128 rows,
-        // which made building tables cost more than the lookups they serve.
-        let mut cached: Vec<(usize, [O; 256])> = Vec::new();
-        for (i, (qr, orow)) in codes.chunks(cols).zip(out.chunks_mut(cols)).enumerate() {
-            let r = row0 + i;
-            let mut c = 0;
-            let mut run = 0;
-            while c < cols {
-                let end = g.run_end(c, cols);
-                let si = g.scale_index(r, c, cols);
-                let t: &[O; 256] = if g == Granularity::Mx {
-                    self.mx_tables[mx_code(self.scales[si])]
-                        .as_deref()
-                        .expect("tabulated in new")
-                } else {
-                    if run == cached.len() {
-                        cached.push((si, table::<O>(self.fmt, self.scales[si])));
-                    } else if cached[run].0 != si {
-                        cached[run] = (si, table::<O>(self.fmt, self.scales[si]));
-                    }
-                    &cached[run].1
+        // One table per run of columns sharing a scale, kept while the next rows use it: a
+        // 128x128 block's table is built once per call, not once for each of its rows, which
+        // made building tables cost more than the lookups they serve.
+        let mut cached: Vec<Option<(usize, [O; 256])>> = Vec::new();
+        let mut k = 0;
+        while k < codes.len() {
+            let (r, c) = ((first + k) / cols, (first + k) % cols);
+            let n = (g.run_end(c, cols) - c).min(codes.len() - k);
+            let si = g.scale_index(r, c, cols);
+            let t: &[O; 256] = if g == Granularity::Mx {
+                self.mx_tables[mx_code(self.scales[si])]
+                    .as_deref()
+                    .expect("tabulated in new")
+            } else {
+                let run = match g {
+                    Granularity::Block(_, bc) => c / bc,
+                    _ => 0,
                 };
-                O::lookup(self.kernels, &qr[c..end], t, &mut orow[c..end]);
-                c = end;
-                run += 1;
-            }
+                if cached.len() <= run {
+                    cached.resize(run + 1, None);
+                }
+                let slot = &mut cached[run];
+                if slot.as_ref().is_none_or(|(s, _)| *s != si) {
+                    *slot = Some((si, table::<O>(self.fmt, self.scales[si])));
+                }
+                &slot.as_ref().expect("just set").1
+            };
+            O::lookup(self.kernels, &codes[k..k + n], t, &mut out[k..k + n]);
+            k += n;
         }
     }
 }
@@ -605,6 +610,46 @@ mod tests {
                     "{g:?} ({r}, {c})"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn filling_any_range_matches_filling_the_whole() {
+        let (rows, cols) = (300, 270);
+        let codes: Vec<u8> = (0..rows * cols).map(|k| (k * 73 % 256) as u8).collect();
+        for g in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Block(128, 128),
+            Granularity::Block(5, 7),
+            Granularity::Mx,
+        ] {
+            let n: usize = g.scale_shape(rows, cols).iter().product();
+            let scales: Vec<f64> = if g == Granularity::Mx {
+                (0..n).map(|i| e8m0_value((110 + i % 30) as u8)).collect()
+            } else {
+                (0..n).map(|i| 0.25 + i as f64 / 8.0).collect()
+            };
+            let d = Dequantizer::<bf16>::new(&codes, rows, cols, Format::E5M2, &scales, g).unwrap();
+            let mut whole = vec![bf16::ZERO; rows * cols];
+            d.fill_all(&mut whole).unwrap();
+            // Ranges that start and end inside rows and blocks, and cross many of each.
+            let mut first = 0;
+            let mut step = 1;
+            while first < rows * cols {
+                let len = step.min(rows * cols - first);
+                let mut part = vec![bf16::ZERO; len];
+                d.fill(first, &mut part);
+                let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&part),
+                    bits(&whole[first..first + len]),
+                    "{g:?} {first}+{len}"
+                );
+                first += len;
+                step = step * 3 + 1;
+            }
+            d.fill(rows * cols, &mut []);
         }
     }
 

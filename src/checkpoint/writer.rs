@@ -4,25 +4,34 @@
 //! removes its temporary file, so a failed or interrupted run leaves nothing at the
 //! destination).
 //!
-//! On Linux (ext4, XFS and tmpfs, see [`super::fskind`]) each tensor is produced straight into
-//! a memory map of its byte range in the output file, which is unmapped when the tensor is
-//! done ([`SafetensorsWriter::write_tensor_with`]). Why: `write(2)` into one file is serialised
-//! by the kernel (the inode lock), so a writer thread copies every output byte into the page
-//! cache alone, at 0.5-2.5 GiB/s on the 2-vCPU machine this was measured on, while the
-//! conversion threads wait; through a map, the threads that convert a tensor also fault its
-//! pages in, in parallel, and no byte is copied twice.
+//! A tensor's bytes arrive in one of three ways:
+//! - [`SafetensorsWriter::write`]: bytes in order (headers, copies, scales).
+//! - [`SafetensorsWriter::write_tensor_pipelined`] (dequantization): the calling thread
+//!   converts the tensor in 1 MiB pieces into a few reused buffers while one writer thread
+//!   ([`super::pipeline`]) `pwrite`s them. The kernel serialises writes into one file (the
+//!   inode lock), but one thread writing costs it about half the CPU of faulting the same new
+//!   pages in through maps on every thread (tmpfs, 2 GiB on the 2-vCPU machine this was
+//!   measured on: 0.64-0.75 s of one thread against 0.73-1.1 s of both, unmapping included).
+//!   A dequantization writes 2-4 bytes per byte read and converts them with a table lookup,
+//!   so the pages are most of its cost; one thread converting keeps the writer busy
+//!   (2 GiB: 0.82-0.95 s, against 1.0-1.1 s through maps).
+//! - [`SafetensorsWriter::write_tensor_with`] (quantization): a whole tensor produced at once
+//!   on all threads. On Linux (ext4, XFS and tmpfs, see [`super::fskind`]) it is produced
+//!   straight into a memory map of its byte range in the output file, unmapped when done, so
+//!   the threads that convert it also fault its pages in, in parallel. Quantization reads 2-4
+//!   bytes per byte written and needs a whole tensor's scales before its first code, so its
+//!   conversion, not its pages, is most of its cost.
 //!
 //! A write through a map that fails for lack of space would be a `SIGBUS`, so no byte is
 //! written through a map before all its pages are in place: `MADV_POPULATE_WRITE` allocates
 //! them (and, on ext4 / XFS, reserves their blocks) on all threads, a MiB per call, and reports
 //! a full disk as an error where a write would fault. This replaced preallocating the whole
-//! file with `fallocate`, which on tmpfs costs a second pass over every page (measured: 1.1 s
-//! against 1.1-1.7 s for a 2 GiB dequantization). Where the kernel lacks it (before Linux 5.14)
-//! and off Linux, tensors are written from a buffer instead.
+//! file with `fallocate`, which on tmpfs costs a second pass over every page. Where the kernel
+//! lacks it (before Linux 5.14) and off Linux, tensors are written from a buffer instead.
+//! Positional writes cannot fault: a full disk is an error from `pwrite`.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -248,6 +257,9 @@ pub struct SafetensorsWriter {
     pipeline: Option<WriterThread>,
     sink: Sink,
     atomic: AtomicFile,
+    /// A pipelined write failed: bytes of earlier tensors may be missing, so nothing more is
+    /// accepted and the file is never renamed into place.
+    failed: bool,
     tensors: Vec<OutTensor>,
     sizes: Vec<u64>,
     current: usize,
@@ -258,18 +270,18 @@ pub struct SafetensorsWriter {
     scratch: Vec<u64>,
 }
 
-/// Where tensor bytes go.
+/// The output file, written by position. With `map`, its length is already final and tensors
+/// may also be written through maps of it (turned off when the kernel cannot populate maps).
 #[derive(Debug)]
-enum Sink {
-    /// Sequential writes through a buffer.
-    Stream(BufWriter<File>),
-    /// A file of its final length: positional writes and memory maps of tensor ranges (the
-    /// flag turns off when the kernel cannot populate maps).
-    Mapped(File, bool),
+struct Sink {
+    file: File,
+    map: bool,
 }
 
-/// Bytes per piece of [`SafetensorsWriter::write_tensor_pipelined`].
+/// Bytes per piece of [`SafetensorsWriter::write_tensor_pipelined`], and the most a piece may
+/// grow to so that it holds a multiple of the caller's alignment.
 const PIPELINE_PIECE_BYTES: usize = 1 << 20;
+const PIPELINE_MAX_ALIGNED_BYTES: usize = 8 << 20;
 
 #[cfg(unix)]
 pub(super) fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
@@ -378,15 +390,12 @@ impl SafetensorsWriter {
         let total = data_start + sizes.iter().sum::<u64>();
         let mut prefix = (header.len() as u64).to_le_bytes().to_vec();
         prefix.extend_from_slice(&header);
-        let sink = if map && super::fskind::can_map_for_writing(&file) {
+        let map = map && super::fskind::can_map_for_writing(&file);
+        if map {
             file.set_len(total).map_err(io)?;
-            write_all_at(&file, &prefix, 0).map_err(io)?;
-            Sink::Mapped(file, true)
-        } else {
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            out.write_all(&prefix).map_err(io)?;
-            Sink::Stream(out)
-        };
+        }
+        write_all_at(&file, &prefix, 0).map_err(io)?;
+        let sink = Sink { file, map };
         let mut w = SafetensorsWriter {
             atomic,
             sink,
@@ -397,6 +406,7 @@ impl SafetensorsWriter {
             pos: data_start,
             scratch: Vec::new(),
             pipeline: None,
+            failed: false,
         };
         w.skip_empty();
         Ok(w)
@@ -416,7 +426,17 @@ impl SafetensorsWriter {
 
     /// Whether tensors are written in place through memory maps.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.sink, Sink::Mapped(..))
+        self.sink.map
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::value(format!(
+                "{}: an earlier write failed; nothing more can be written",
+                self.atomic.dest().display()
+            )));
+        }
+        Ok(())
     }
 
     fn context(&self) -> String {
@@ -457,15 +477,12 @@ impl SafetensorsWriter {
 
     /// Append bytes of the current tensor; they may not run past its end.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_usable()?;
         if bytes.is_empty() {
             return Ok(());
         }
         self.check_fits(bytes.len() as u64)?;
-        let done = match &mut self.sink {
-            Sink::Stream(out) => out.write_all(bytes),
-            Sink::Mapped(file, _) => write_all_at(file, bytes, self.pos),
-        };
-        done.map_err(|e| Error::io(self.context(), e))?;
+        write_all_at(&self.sink.file, bytes, self.pos).map_err(|e| Error::io(self.context(), e))?;
         self.advance(bytes.len() as u64);
         Ok(())
     }
@@ -480,6 +497,7 @@ impl SafetensorsWriter {
         elements: usize,
         fill: impl FnOnce(&mut [T]) -> Result<R>,
     ) -> Result<R> {
+        self.check_usable()?;
         let size = (elements as u64).saturating_mul(std::mem::size_of::<T>() as u64);
         if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
             return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
@@ -496,9 +514,9 @@ impl SafetensorsWriter {
         }
         let len = usize::try_from(size).map_err(|_| Error::value("tensor too large"))?;
         let aligned = self.pos.is_multiple_of(std::mem::align_of::<T>() as u64);
-        if let (Sink::Mapped(file, true), true, true) = (&self.sink, len > 0, aligned) {
+        if self.sink.map && len > 0 && aligned {
             let io = |e| Error::io(self.context(), e);
-            let mut map = map_range(file, self.pos, len).map_err(io)?;
+            let mut map = map_range(&self.sink.file, self.pos, len).map_err(io)?;
             if populate(&map).map_err(io)? {
                 let r = fill(bytemuck::cast_slice_mut(&mut map[..]))?;
                 drop(map);
@@ -507,9 +525,7 @@ impl SafetensorsWriter {
             }
             drop(map);
             // The kernel cannot populate maps: this and later tensors go through the buffer.
-            if let Sink::Mapped(_, can_map) = &mut self.sink {
-                *can_map = false;
-            }
+            self.sink.map = false;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         let words = len.div_ceil(8);
@@ -523,16 +539,23 @@ impl SafetensorsWriter {
     }
 
     /// Produce the whole next tensor, of `elements` elements of `T`, in pieces: the calling
-    /// thread fills piece after piece (`fill(first_element, piece)`, each piece a multiple of
-    /// `align` elements but the last) into a few reused buffers while a writer thread
-    /// ([`super::pipeline`]) writes the filled ones into the file. A write error may surface
-    /// only at a later call or at [`finish`](Self::finish), which waits for every byte.
+    /// thread fills piece after piece (`fill(first_element, piece)`, which must write every
+    /// element of the piece) into reused buffers of about 1 MiB while a writer thread
+    /// ([`super::pipeline`]) writes the filled ones into the file. Pieces hold a multiple of
+    /// `align` elements (but the last) unless that would make them larger than 8 MiB. On one
+    /// thread ([`threads::num_threads`](crate::threads::num_threads)) each piece is written
+    /// as soon as it is filled instead.
+    ///
+    /// A write may fail after this returns: [`finish`](Self::finish) waits for every byte and
+    /// reports it. After any error here the writer accepts nothing more and never renames the
+    /// file into place.
     pub fn write_tensor_pipelined<T: bytemuck::Pod>(
         &mut self,
         elements: usize,
         align: usize,
         fill: impl Fn(usize, &mut [T]) -> Result<()>,
     ) -> Result<()> {
+        self.check_usable()?;
         let item = std::mem::size_of::<T>();
         let size = (elements as u64).saturating_mul(item as u64);
         if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
@@ -548,63 +571,82 @@ impl SafetensorsWriter {
                 self.sizes.get(self.current).map_or(0, |s| s - self.written)
             )));
         }
-        let align = align.max(1);
-        let piece = (PIPELINE_PIECE_BYTES / item).div_ceil(align).max(1) * align;
-        if let (Sink::Mapped(file, _), None) = (&self.sink, &self.pipeline) {
-            let io = |e| Error::io(self.context(), e);
-            let own = file.try_clone().map_err(io)?;
-            self.pipeline = Some(WriterThread::start(own).map_err(io)?);
-        }
-        let Some(pipeline) = self.pipeline.as_mut() else {
-            // A streamed file: the same pieces, written in turn on this thread.
-            let mut scratch = std::mem::take(&mut self.scratch);
-            let mut first = 0;
-            let mut r = Ok(());
-            while first < elements && r.is_ok() {
-                let n = piece.min(elements - first);
-                let words = (n * item).div_ceil(8);
-                if scratch.len() < words {
-                    scratch.resize(words, 0);
-                }
-                let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)[..n * item];
-                r = fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|()| self.write(bytes));
-                first += n;
-            }
-            self.scratch = scratch;
-            return r;
+        let align = if align.saturating_mul(item) <= PIPELINE_MAX_ALIGNED_BYTES {
+            align.max(1)
+        } else {
+            1
         };
-        let mut first = 0;
-        while first < elements {
-            let n = piece.min(elements - first);
-            let len = n * item;
-            let Some(mut buf) = pipeline.buffer(len.div_ceil(8)) else {
-                break;
-            };
-            fill(
-                first,
-                bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len]),
-            )?;
-            if !pipeline.send(buf, len, self.pos + (first * item) as u64) {
-                break;
+        let piece = (PIPELINE_PIECE_BYTES / item).div_ceil(align) * align;
+        let r = self.write_pieces(elements, piece, item, &fill);
+        if r.is_err() {
+            // Pieces of this tensor may be in flight, or an earlier tensor's bytes missing.
+            self.failed = true;
+            if let Some(pipeline) = self.pipeline.take() {
+                let _ = pipeline.finish();
             }
-            first += n;
-        }
-        if first < elements {
-            // The writer thread stopped on an error: report it.
-            let stopped = self.pipeline.take().expect("running").finish();
-            return Err(Error::io(
-                self.context(),
-                stopped
-                    .err()
-                    .unwrap_or_else(|| std::io::Error::other("the writer thread stopped")),
-            ));
+            return r;
         }
         self.advance(size);
         Ok(())
     }
 
+    fn write_pieces<T: bytemuck::Pod>(
+        &mut self,
+        elements: usize,
+        piece: usize,
+        item: usize,
+        fill: &impl Fn(usize, &mut [T]) -> Result<()>,
+    ) -> Result<()> {
+        let start = self.pos;
+        let io = |e| Error::io(format!("cannot write {}", self.atomic.dest().display()), e);
+        if self.pipeline.is_none() && crate::threads::num_threads() >= 2 {
+            let own = self.sink.file.try_clone().map_err(io)?;
+            self.pipeline = Some(WriterThread::start(own).map_err(io)?);
+        }
+        let mut first = 0;
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let mut r = Ok(());
+            while first < elements && r.is_ok() {
+                let len = piece.min(elements - first) * item;
+                if scratch.len() * 8 < len {
+                    scratch.resize(len.div_ceil(8), 0);
+                }
+                let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)[..len];
+                r = fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|()| {
+                    let at = start + (first * item) as u64;
+                    write_all_at(&self.sink.file, bytes, at).map_err(io)
+                });
+                first += len / item;
+            }
+            self.scratch = scratch;
+            return r;
+        };
+        while first < elements {
+            let len = piece.min(elements - first) * item;
+            let Some(mut buf) = pipeline.buffer(len.div_ceil(8)) else {
+                break;
+            };
+            let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len];
+            fill(first, bytemuck::cast_slice_mut(bytes))?;
+            if !pipeline.send(buf, len, start + (first * item) as u64) {
+                break;
+            }
+            first += len / item;
+        }
+        if first < elements {
+            // The writer thread stopped on an error (maybe in an earlier tensor): report it.
+            let stopped = self.pipeline.take().expect("running").finish();
+            return Err(io(stopped.err().unwrap_or_else(|| {
+                std::io::Error::other("the writer thread stopped")
+            })));
+        }
+        Ok(())
+    }
+
     /// Check that every tensor was written in full, then sync and rename into place.
     pub fn finish(mut self) -> Result<()> {
+        self.check_usable()?;
         if let Some(t) = self.tensors.get(self.current) {
             return Err(Error::value(format!(
                 "{}: tensor {:?} was not written in full",
@@ -614,11 +656,6 @@ impl SafetensorsWriter {
         }
         if let Some(pipeline) = self.pipeline.take() {
             pipeline.finish().map_err(|e| {
-                Error::io(format!("cannot write {}", self.atomic.dest().display()), e)
-            })?;
-        }
-        if let Sink::Stream(out) = &mut self.sink {
-            out.flush().map_err(|e| {
                 Error::io(format!("cannot write {}", self.atomic.dest().display()), e)
             })?;
         }
@@ -835,8 +872,15 @@ mod tests {
                 }
             });
             assert!(r.is_err());
-            drop(w);
-            assert_eq!(std::fs::read_dir(&d).unwrap().count(), 2, "only the two images");
+            // Pieces were in flight: the writer takes nothing more and cannot be finished.
+            assert!(w.write(&[0; 4]).is_err());
+            assert!(w.write_tensor_with(n_a, |_: &mut [f32]| Ok(())).is_err());
+            assert!(w.finish().is_err());
+            assert_eq!(
+                std::fs::read_dir(&d).unwrap().count(),
+                2,
+                "only the two images"
+            );
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
