@@ -8,10 +8,13 @@
 //! so it never waits while the filling thread moves from one tensor to the next.
 //!
 //! A few buffers circulate between the two threads (filled ones to the writer, written ones
-//! back), so memory stays at `DEPTH + 2` pieces and the buffers stay warm in the caches.
+//! back), so memory stays at `DEPTH + 1` pieces and the buffers stay warm in the caches. With
+//! `DEPTH` queued and one being written, every buffer is with the thread, so handing one over
+//! never blocks; [`WriterThread::buffer_now`] tells the filling thread when there is none
+//! free, so that it can do something else than wait.
 
 use std::fs::File;
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 
 /// How many filled buffers may wait for the writer.
@@ -20,13 +23,24 @@ const DEPTH: usize = 2;
 /// A buffer of `len` bytes to be written at `offset`.
 type Piece = (Vec<u64>, usize, u64);
 
+/// What [`WriterThread::buffer_now`] found.
+#[derive(Debug)]
+pub enum Available {
+    /// A buffer to fill.
+    Free(Vec<u64>),
+    /// Every buffer is with the thread.
+    Busy,
+    /// The thread has stopped (on an error, which [`WriterThread::finish`] returns).
+    Stopped,
+}
+
 /// The writing thread and the buffers that circulate through it. Dropping it lets the
 /// thread write what it was sent and waits for it.
 #[derive(Debug)]
 pub struct WriterThread {
     to_writer: Option<SyncSender<Piece>>,
     written: Receiver<Vec<u64>>,
-    /// Buffers made so far (at most `DEPTH + 2`).
+    /// Buffers made so far (at most `DEPTH + 1`).
     made: usize,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -64,7 +78,7 @@ impl WriterThread {
     pub fn buffer(&mut self, words: usize) -> Option<Vec<u64>> {
         let mut buf = match self.written.try_recv() {
             Ok(b) => b,
-            Err(_) if self.made < DEPTH + 2 => {
+            Err(_) if self.made < DEPTH + 1 => {
                 self.made += 1;
                 Vec::new()
             }
@@ -74,6 +88,23 @@ impl WriterThread {
             buf.resize(words, 0);
         }
         Some(buf)
+    }
+
+    /// As [`buffer`](Self::buffer), without waiting.
+    pub fn buffer_now(&mut self, words: usize) -> Available {
+        let mut buf = match self.written.try_recv() {
+            Ok(b) => b,
+            Err(TryRecvError::Disconnected) => return Available::Stopped,
+            Err(TryRecvError::Empty) if self.made < DEPTH + 1 => {
+                self.made += 1;
+                Vec::new()
+            }
+            Err(TryRecvError::Empty) => return Available::Busy,
+        };
+        if buf.len() < words {
+            buf.resize(words, 0);
+        }
+        Available::Free(buf)
     }
 
     /// Hand the first `len` bytes of `buf` to the thread, to be written at `offset`. `false`:
@@ -123,7 +154,7 @@ mod tests {
             buf[..125].fill(k * 0x0101_0101_0101_0101);
             assert!(w.send(buf, 1000, k * 1000));
         }
-        assert!(w.made <= DEPTH + 2, "buffers are reused: {}", w.made);
+        assert!(w.made <= DEPTH + 1, "buffers are reused: {}", w.made);
         w.finish().unwrap();
         let mut bytes = Vec::new();
         File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
@@ -131,6 +162,36 @@ mod tests {
         for (k, piece) in bytes.chunks(1000).enumerate() {
             assert!(piece.iter().all(|&b| b == k as u8), "piece {k}");
         }
+    }
+
+    #[test]
+    fn buffer_now_says_when_every_buffer_is_with_the_thread() {
+        let path =
+            std::env::temp_dir().join(format!("fp8fast-pipeline-now-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let mut w = WriterThread::start(file).unwrap();
+        let held: Vec<Vec<u64>> = (0..=DEPTH)
+            .map(|_| match w.buffer_now(4) {
+                Available::Free(b) => b,
+                other => panic!("a new buffer, not {other:?}"),
+            })
+            .collect();
+        assert!(
+            matches!(w.buffer_now(4), Available::Busy),
+            "all DEPTH + 1 buffers are out"
+        );
+        // DEPTH + 1 pieces can be handed over without blocking, and come back written.
+        for (k, buf) in held.into_iter().enumerate() {
+            assert!(w.send(buf, 32, 32 * k as u64));
+        }
+        let back = w.buffer(4).expect("one comes back");
+        assert!(back.len() >= 4);
+        w.finish().unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            32 * (DEPTH as u64 + 1)
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

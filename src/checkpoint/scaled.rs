@@ -529,6 +529,22 @@ mod tests {
         );
     }
 
+    /// Scales of layout `g` for a `(rows, cols)` weight: `value(i)` for the i-th, or for MX
+    /// E8M0 values cycling through 2^-27 .. 2^32.
+    fn example_scales(
+        g: Granularity,
+        rows: usize,
+        cols: usize,
+        value: impl Fn(usize) -> f64,
+    ) -> Vec<f64> {
+        let n: usize = g.scale_shape(rows, cols).iter().product();
+        if g == Granularity::Mx {
+            (0..n).map(|i| e8m0_value((100 + i % 60) as u8)).collect()
+        } else {
+            (0..n).map(value).collect()
+        }
+    }
+
     #[test]
     fn dequantize_is_decode_times_scale_rounded_once() {
         let (rows, cols) = (67, 100);
@@ -539,14 +555,7 @@ mod tests {
             Granularity::Block(16, 32),
             Granularity::Mx,
         ] {
-            let n: usize = g.scale_shape(rows, cols).iter().product();
-            let scales: Vec<f64> = if g == Granularity::Mx {
-                (0..n).map(|i| e8m0_value((100 + i % 60) as u8)).collect()
-            } else {
-                (0..n)
-                    .map(|i| f64::from(0.013f32 * (i + 1) as f32))
-                    .collect()
-            };
+            let scales = example_scales(g, rows, cols, |i| f64::from(0.013f32 * (i + 1) as f32));
             for fmt in Format::ALL {
                 let mut o32 = vec![0f32; rows * cols];
                 dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut o32).unwrap();
@@ -597,8 +606,7 @@ mod tests {
             Granularity::Block(7, 50),
             Granularity::Channel,
         ] {
-            let n: usize = g.scale_shape(rows, cols).iter().product();
-            let scales: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 / 64.0).collect();
+            let scales = example_scales(g, rows, cols, |i| 0.5 + i as f64 / 64.0);
             let mut out = vec![0f32; rows * cols];
             dequantize_weight(&codes, rows, cols, Format::E4M3, &scales, g, &mut out).unwrap();
             for (k, &o) in out.iter().enumerate() {
@@ -624,12 +632,7 @@ mod tests {
             Granularity::Block(5, 7),
             Granularity::Mx,
         ] {
-            let n: usize = g.scale_shape(rows, cols).iter().product();
-            let scales: Vec<f64> = if g == Granularity::Mx {
-                (0..n).map(|i| e8m0_value((110 + i % 30) as u8)).collect()
-            } else {
-                (0..n).map(|i| 0.25 + i as f64 / 8.0).collect()
-            };
+            let scales = example_scales(g, rows, cols, |i| 0.25 + i as f64 / 8.0);
             let d = Dequantizer::<bf16>::new(&codes, rows, cols, Format::E5M2, &scales, g).unwrap();
             let mut whole = vec![bf16::ZERO; rows * cols];
             d.fill_all(&mut whole).unwrap();
