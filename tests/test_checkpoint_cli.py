@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import fp8fast
@@ -273,11 +276,39 @@ def test_a_full_file_system_is_a_clean_error(tmp_path, capsys, small_tmpfs):
         assert os.listdir(small_tmpfs) == []
 
 
+def _tmpfs_dir():
+    """/dev/shm when it is tmpfs with room, where outputs are also written through maps."""
+    try:
+        with open("/proc/mounts") as f:
+            shm = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in f)
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if shm and st.f_bavail * st.f_frsize >= 256 << 20 else None
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def out_dir(request, tmp_path):
+    """Outputs on the test's folder (positional writes) and on tmpfs (also maps)."""
+    if request.param == "disk":
+        yield tmp_path
+        return
+    base = _tmpfs_dir()
+    if base is None:
+        pytest.skip("no tmpfs /dev/shm with 256 MiB free: the map write paths are not tested here")
+    d = tempfile.mkdtemp(prefix="fp8fast-test-", dir=base)
+    try:
+        yield pathlib.Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("granularity", ["channel", "block"])
-def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, capsys, granularity):
-    # --jobs 1: each piece written as it is converted; 2: converted beside a writer thread;
-    # 3: converted on all threads into a map of the output. Weights of several MiB, not a
-    # whole number of 1 MiB pieces nor of 128-row blocks, so pieces and blocks straddle.
+def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, out_dir, capsys, granularity):
+    # --jobs 1: each piece written as it is converted; 2: converted beside a writer thread (on
+    # tmpfs the converting thread also writes pieces through maps); 3: converted on all threads
+    # (on tmpfs into a map of the output). Weights of several MiB, not a whole number of 1 MiB
+    # pieces nor of 128-row blocks, so pieces and blocks straddle.
     rng = np.random.default_rng(5)
     tensors = {
         "model.layers.0.mlp.up_proj.weight": (rng.standard_normal((1000, 1300)) * 0.02).astype(ml_dtypes.bfloat16),
@@ -291,12 +322,12 @@ def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, capsys, 
     for dtype in ("f32", "bf16"):
         images = []
         for jobs in ("1", "2", "3"):
-            out = tmp_path / f"{dtype}-{jobs}.safetensors"
+            out = out_dir / f"{dtype}-{jobs}.safetensors"
             code, _, err = run(capsys, "dequantize", str(q), str(out), "--dtype", dtype, "--jobs", jobs, "-q")
             assert code == 0, err
             images.append(out.read_bytes())
         assert images[0] == images[1] == images[2], dtype
-    back = fp8fast.load_file(tmp_path / "f32-1.safetensors")
+    back = fp8fast.load_file(out_dir / "f32-1.safetensors")
     for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"):
         codes = qt[name].astype(np.float64)
         s = qt[name + ("_scale" if granularity == "channel" else "_scale_inv")].astype(np.float64)

@@ -531,15 +531,16 @@ fn dequantize_entry<O: scaled::Target>(
 
 /// Dequantize `t` into the writer's next tensor.
 ///
-/// On one or two threads: converted piece by piece on this thread while a writer thread
-/// writes them ([`SafetensorsWriter::write_tensor_pipelined`]; on one thread, each piece
-/// written when filled). A dequantization writes 2-4 bytes per byte it reads and converts
-/// with a table lookup, so providing the output's pages is most of its cost, and writing them
-/// costs the kernel about half what faulting them in through maps does. Measured on a 2-vCPU
-/// VM, 2 GiB of bf16 on tmpfs, runs interleaved: 2 threads 0.69-0.99 s pipelined against
-/// 1.0-1.25 s through maps; 1 thread 1.06-1.23 s against 1.8-1.94 s. With more threads: converted on all of them into a map of
-/// the output, which spreads the page work over every thread where a single writing thread
-/// would cap it (not measured: the machine had two cores).
+/// On one or two threads: converted piece by piece on this thread while a writer thread writes them
+/// ([`SafetensorsWriter::write_tensor_pipelined`]; when the writer has every buffer, this thread
+/// writes the next piece itself through a map; on one thread, each piece is written when filled). A
+/// dequantization writes 2-4 bytes per byte it reads and converts with a table lookup, so providing
+/// the output's pages is most of its cost, and writing them costs the kernel about half what
+/// faulting them in through maps does. Measured on a 2-vCPU VM, 2 GiB of bf16 on tmpfs, runs
+/// interleaved: 2 threads 0.69-0.99 s pipelined against 1.0-1.25 s through maps; 1 thread 1.06-1.23
+/// s against 1.8-1.94 s. With more threads: converted on all of them into a map of the output,
+/// which spreads the page work over every thread where a single writing thread would cap it (not
+/// measured: the machine had two cores).
 fn dequantize_into<O: scaled::Target + bytemuck::Pod>(
     f: &SafetensorsFile,
     t: &TensorEntry,

@@ -1,5 +1,5 @@
-//! One thread that writes filled buffers into a file at their offsets, while the thread that
-//! fills them goes on: the output half of [`super::writer::SafetensorsWriter::write_tensor_pipelined`].
+//! One thread that writes filled buffers into a file at their offsets, while the thread that fills
+//! them goes on: the output half of [`super::writer::SafetensorsWriter::write_tensor_pipelined`].
 //!
 //! Why a single writing thread: the kernel serialises writes into one file (the inode lock),
 //! and one thread calling `pwrite` costs it about half the CPU that faulting the same pages
@@ -8,10 +8,11 @@
 //! so it never waits while the filling thread moves from one tensor to the next.
 //!
 //! A few buffers circulate between the two threads (filled ones to the writer, written ones
-//! back), so memory stays at `DEPTH + 1` pieces and the buffers stay warm in the caches. With
-//! `DEPTH` queued and one being written, every buffer is with the thread, so handing one over
-//! never blocks; [`WriterThread::buffer_now`] tells the filling thread when there is none
-//! free, so that it can do something else than wait.
+//! back), so memory stays at `DEPTH + 1` pieces and the buffers stay warm in the caches. The
+//! filling thread holds the one it hands over, so the queue (of `DEPTH`) can be full only
+//! while the writer thread holds none and is about to take the next: [`WriterThread::send`]
+//! never waits for a write. When none is free, [`WriterThread::buffer_now`] says so, so that
+//! the filling thread can do something else rather than wait.
 
 use std::fs::File;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
@@ -28,7 +29,7 @@ type Piece = (Vec<u64>, usize, u64);
 pub enum Available {
     /// A buffer to fill.
     Free(Vec<u64>),
-    /// Every buffer is with the thread.
+    /// No buffer is free: all `DEPTH + 1` are out and none has come back.
     Busy,
     /// The thread has stopped (on an error, which [`WriterThread::finish`] returns).
     Stopped,
@@ -165,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn buffer_now_says_when_every_buffer_is_with_the_thread() {
+    fn buffer_now_says_when_no_buffer_is_free() {
         let path =
             std::env::temp_dir().join(format!("fp8fast-pipeline-now-{}", std::process::id()));
         let file = File::create(&path).unwrap();
@@ -180,7 +181,7 @@ mod tests {
             matches!(w.buffer_now(4), Available::Busy),
             "all DEPTH + 1 buffers are out"
         );
-        // DEPTH + 1 pieces can be handed over without blocking, and come back written.
+        // All DEPTH + 1 go to the thread (none waits for a write) and come back written.
         for (k, buf) in held.into_iter().enumerate() {
             assert!(w.send(buf, 32, 32 * k as u64));
         }

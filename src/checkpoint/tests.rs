@@ -6,7 +6,8 @@ use super::*;
 use crate::scalar;
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fp8fast-ckpt-{tag}-{}", std::process::id()));
+    let base = crate::checkpoint::fskind::test_dir_base().0;
+    let d = base.join(format!("fp8fast-ckpt-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -4,35 +4,40 @@
 //! removes its temporary file, so a failed or interrupted run leaves nothing at the
 //! destination).
 //!
-//! The file is written by position (`pwrite`). A tensor's bytes arrive in one of three ways:
+//! The file is written by position (`pwrite`) or through maps of its ranges. A tensor's
+//! bytes arrive in one of three ways:
 //! - [`SafetensorsWriter::write`]: bytes in order (scales, copies where maps are not used).
 //! - [`SafetensorsWriter::write_tensor_pipelined`] (dequantization on one or two threads):
 //!   the calling thread converts the tensor in pieces of about 1 MiB into a few reused
-//!   buffers while one writer thread ([`super::pipeline`]) writes them; when every buffer is
-//!   with the writer, the calling thread writes the next piece itself through a map of its
-//!   place in the file (populated first, as below) instead of waiting, so the two threads
-//!   share the kernel's page work as each has time for it. The kernel serialises writes into one file (the
-//!   inode lock), but one thread writing costs it about half the CPU of faulting the same new
-//!   pages in through maps on every thread (tmpfs, 2 GiB on the 2-vCPU machine this was
-//!   measured on: 0.64-0.75 s of one thread against 0.73-1.1 s of both, unmapping included).
-//!   A dequantization writes 2-4 bytes per byte read and converts them with a table lookup,
-//!   so the pages are most of its cost. Measured for 2 GiB of bf16, runs interleaved: 0.79-1.04
-//!   s with the writer thread alone, 0.69-0.99 s (median 0.80 s against 0.93 s) with the
+//!   buffers while one writer thread ([`super::pipeline`]) writes them (on one thread, each
+//!   piece is written when filled). The kernel serialises writes into one file (the inode
+//!   lock), but one thread writing costs it about half the CPU of faulting the same new pages
+//!   in through maps on every thread (tmpfs, 2 GiB on the 2-vCPU machine this was measured
+//!   on: 0.64-0.75 s of one thread against 0.73-1.1 s of both, unmapping included). When no
+//!   buffer is free, the calling thread, which would otherwise wait, writes the next piece
+//!   itself through a map of its place in the file (populated first, in one call on that
+//!   thread). Page faults do not take the inode lock, so they run beside the writer's
+//!   `pwrite`s: the two threads share the kernel's page work as each has time for it. A
+//!   dequantization writes 2-4 bytes per byte read and converts them with a table lookup, so
+//!   the pages are most of its cost. Measured for 2 GiB of bf16, runs interleaved: 0.79-1.04 s
+//!   with the writer thread alone, 0.69-0.99 s (median 0.80 s against 0.93 s) with the
 //!   converting thread taking pieces when it would wait, 1.0-1.25 s through maps on both.
 //! - [`SafetensorsWriter::write_tensor_with`] (quantization, copies, and dequantization on
-//!   more threads): a whole tensor produced at once on all threads. On Linux (ext4, XFS and tmpfs, see [`super::fskind`]) it is produced
-//!   straight into a memory map of its byte range in the output file, unmapped when done, so
-//!   the threads that convert it also fault its pages in, in parallel. Quantization reads 2-4
-//!   bytes per byte written and needs a whole tensor's scales before its first code, so its
-//!   conversion, not its pages, is most of its cost.
+//!   more threads): a whole tensor produced at once on all threads. On tmpfs (see
+//!   [`super::fskind`]) it is produced straight into a memory map of its byte range in the
+//!   output file, unmapped when done, so the threads that convert it also fault its pages in,
+//!   in parallel. Quantization reads 2-4 bytes per byte written and needs a whole tensor's
+//!   scales before its first code, so its conversion, not its pages, is most of its cost.
 //!
-//! A write through a map that fails for lack of space would be a `SIGBUS`, so no byte is
+//! Maps are used for writing on tmpfs only: on disk file systems populating a map of a new
+//! file reads its holes in first, and positional writes measured faster (see `fskind`). A
+//! write through a map that fails for lack of space would be a `SIGBUS`, so no byte is
 //! written through a map before all its pages are in place: `MADV_POPULATE_WRITE` allocates
-//! them (and, on ext4 / XFS, reserves their blocks) on all threads, a MiB per call, and reports
-//! a full disk as an error where a write would fault. This replaced preallocating the whole
-//! file with `fallocate`, which on tmpfs costs a second pass over every page. Where the kernel
-//! lacks it (before Linux 5.14) and off Linux, tensors are written from a buffer instead.
-//! Positional writes cannot fault: a full disk is an error from `pwrite`.
+//! them (for a whole tensor on all threads, a MiB per call) and reports a full file system as
+//! an error where a write would fault. This replaced preallocating the whole file with
+//! `fallocate`, which on tmpfs costs a second pass over every page. Where the kernel lacks it
+//! (before Linux 5.14) and off Linux, tensors are written from a buffer instead. Positional
+//! writes cannot fault: a full disk is an error from `pwrite`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -337,8 +342,8 @@ fn populate_range(map: &memmap2::MmapMut, offset: usize, len: usize) -> std::io:
             // EFAULT is how the kernel says "a write here would have raised SIGBUS".
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) => {
                 Err(std::io::Error::other(
-                    "no room for the output (the file system is full, or a quota or memory \
-                     limit was reached)",
+                    "no room for the output (the file system is full, a quota or memory limit \
+                     was reached, or the disk failed)",
                 ))
             }
             Err(e) => Err(e),
@@ -354,14 +359,19 @@ fn populate_range(map: &memmap2::MmapMut, offset: usize, len: usize) -> std::io:
 /// A writable map of `len > 0` bytes of `file` from `offset`.
 fn map_range(file: &File, offset: u64, len: usize) -> std::io::Result<memmap2::MmapMut> {
     // SAFETY: the file is this writer's own temporary file (created with `create_new` under a
-    // name no one else uses), already of its final length, and it is never truncated; while
-    // the map lives no other handle writes its range (the writer thread writes only earlier
-    // tensors' bytes, and stops for good if a pipelined tensor fails part-way, so no piece of
-    // an unfinished tensor is in flight; it may write the neighbouring bytes of a page this map
-    // shares, which the page cache keeps consistent). The map is dropped before the next
-    // tensor. The caller writes through the map only after `populate` has put every page in
-    // place, so a lack of space is an error from `populate`, not a fault; only another process
-    // truncating the file could make a write fault.
+    // name no one else uses), already of its final length, and never truncated. Each byte of
+    // it is handed out once, in increasing order: to a map (a whole tensor in
+    // `write_tensor_with`, or one piece of a pipelined tensor in `write_pieces`) or to the
+    // writer thread, never both. So while this map lives no other handle writes its `len`
+    // bytes; the writer thread may `pwrite` bytes before `offset` (earlier pieces or tensors),
+    // including other bytes of this map's first page, which the page cache holds once, so both
+    // writes land, and no reference covers them (the map derefs only `offset..offset + len`).
+    // The map is dropped before the next range is handed out, and a failed pipelined tensor
+    // poisons the writer (`failed`), so no range is handed out twice. The caller writes
+    // through the map only after `populate` / `populate_range` has put every page of it in
+    // place, so a lack of space is an error from there, not a fault (maps are written only on
+    // tmpfs, whose pages stay in memory, see `fskind`). A write can still fault if another
+    // process truncates the file.
     unsafe {
         memmap2::MmapOptions::new()
             .offset(offset)
@@ -499,11 +509,11 @@ impl SafetensorsWriter {
         Ok(())
     }
 
-    /// Produce the whole next tensor, of `elements` elements of `T` (none of its bytes
-    /// written yet), with `fill`, which must write every element: in place in the file when it is mapped and the tensor's
-    /// offset is aligned for `T`, else in a scratch buffer that is then written. A tensor of
-    /// no bytes (which the writer has already stepped over) gets an empty slice. What `fill`
-    /// returns is returned.
+    /// Produce the whole next tensor, of `elements` elements of `T` (none of its bytes written
+    /// yet), with `fill`, which must write every element: in place in the file when it is mapped
+    /// and the tensor's offset is aligned for `T`, else in a scratch buffer that is then written. A
+    /// tensor of no bytes (which the writer has already stepped over) gets an empty slice. What
+    /// `fill` returns is returned.
     pub fn write_tensor_with<T: bytemuck::Pod, R>(
         &mut self,
         elements: usize,
@@ -553,10 +563,13 @@ impl SafetensorsWriter {
     /// Produce the whole next tensor, of `elements` elements of `T`, in pieces: the calling
     /// thread fills piece after piece (`fill(first_element, piece)`, which must write every
     /// element of the piece) into reused buffers of about 1 MiB while a writer thread
-    /// ([`super::pipeline`]) writes the filled ones into the file. Pieces hold a multiple of
-    /// `align` elements (but the last) unless that would make them larger than 8 MiB. On one
-    /// thread ([`threads::num_threads`](crate::threads::num_threads)) each piece is written
-    /// as soon as it is filled instead.
+    /// ([`super::pipeline`]) writes the filled ones into the file. When no buffer is free and
+    /// the file is mapped (and the tensor's offset aligned for `T`), the next piece is filled
+    /// in a populated map of its place in the file instead: `fill` may get a zeroed, slow to
+    /// read slice. Pieces hold a multiple of
+    /// `align` elements (but the last) unless that would make them larger than 8 MiB. Until a
+    /// writer thread is started, when [`threads::num_threads`](crate::threads::num_threads)
+    /// is 2 or more, each piece is written as soon as it is filled instead.
     ///
     /// A write may fail after this returns: [`finish`](Self::finish) waits for every byte and
     /// reports it. After any error here the writer accepts nothing more and never renames the
@@ -715,7 +728,8 @@ mod tests {
     }
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fp8fast-writer-{tag}-{}", std::process::id()));
+        let base = crate::checkpoint::fskind::test_dir_base().0;
+        let d = base.join(format!("fp8fast-writer-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -771,7 +785,10 @@ mod tests {
         for map in [false, true] {
             let p = d.join(format!("m{map}.safetensors"));
             let mut w = SafetensorsWriter::create_with(&p, plan.clone(), None, false, map).unwrap();
-            assert_eq!(w.is_mapped(), map && cfg!(target_os = "linux"));
+            assert_eq!(
+                w.is_mapped(),
+                map && crate::checkpoint::fskind::test_dir_base().1
+            );
             w.write(&odd[..1 << 20]).unwrap();
             w.write(&odd[1 << 20..]).unwrap();
             let n = w
