@@ -254,6 +254,16 @@ def _copy_extra(ck: Checkpoint, out: _OutputDir) -> None:
             shutil.copy2(s, out.file(name))
 
 
+def _shard_done(ck: Checkpoint, s: str, out: _OutputDir, r: Dict[str, Any], bar: Progress,
+                files: List[str]) -> Tuple[int, int]:
+    """After shard ``s`` was converted (Rust's summary ``r``): advance the progress bar and list
+    the file; returns the bytes written and the number of tensors converted."""
+    rows = ck.headers[s][1]
+    bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
+    files.append(out.file(s))
+    return r["output_bytes"], len(r["converted"])
+
+
 def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
     """Parse ``I/N`` (1 <= I <= N) for ``--shard``."""
     if text is None:
@@ -460,11 +470,9 @@ def quantize(
                 for s in shards:
                     r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
                                             layout, None, force or shard is None, bar, seed)
-                    rows = ck.headers[s][1]
-                    bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
-                    files.append(out.file(s))
-                    out_bytes += r["output_bytes"]
-                    quantized += len(r["converted"])
+                    nbytes_out, count = _shard_done(ck, s, out, r, bar, files)
+                    out_bytes += nbytes_out
+                    quantized += count
                 if shard is None or shard[0] == 1:
                     _write_model_files(ck, out, plans, total_size, layout_config=qc, dtype=None)
         finally:
@@ -618,11 +626,9 @@ def dequantize(
                                               force or shard is None, bar)
                     # Scales of weights in other shards are removed by Rust only if it sees the
                     # weight; pass every shard holding such weights so the rule is global.
-                    rows = ck.headers[s][1]
-                    bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
-                    files.append(out.file(s))
-                    out_bytes += r["output_bytes"]
-                    converted += len(r["converted"])
+                    nbytes_out, count = _shard_done(ck, s, out, r, bar, files)
+                    out_bytes += nbytes_out
+                    converted += count
                 if shard is None or shard[0] == 1:
                     plans = {s: [r[0] for r in ck.headers[s][1] if not dropped(r[0])] for s in ck.shards}
                     itemsize = {"bf16": 2, "f16": 2, "f32": 4}[dtype]

@@ -529,6 +529,11 @@ mod tests {
         );
     }
 
+    /// `n` codes stepping through all 256 values by `step` (odd, so every code appears).
+    fn example_codes(n: usize, step: usize) -> Vec<u8> {
+        (0..n).map(|k| (k * step % 256) as u8).collect()
+    }
+
     /// Scales of layout `g` for a `(rows, cols)` weight: `value(i)` for the i-th, or for MX
     /// E8M0 values cycling through 2^-27 .. 2^32.
     fn example_scales(
@@ -548,7 +553,7 @@ mod tests {
     #[test]
     fn dequantize_is_decode_times_scale_rounded_once() {
         let (rows, cols) = (67, 100);
-        let codes: Vec<u8> = (0..rows * cols).map(|k| (k * 37 % 256) as u8).collect();
+        let codes = example_codes(rows * cols, 37);
         for g in [
             Granularity::Tensor,
             Granularity::Channel,
@@ -624,7 +629,7 @@ mod tests {
     #[test]
     fn filling_any_range_matches_filling_the_whole() {
         let (rows, cols) = (300, 270);
-        let codes: Vec<u8> = (0..rows * cols).map(|k| (k * 73 % 256) as u8).collect();
+        let codes = example_codes(rows * cols, 73);
         for g in [
             Granularity::Tensor,
             Granularity::Channel,
