@@ -559,6 +559,7 @@ fn f64_is_rounded_once() {
 // 4. MXCSR state (FTZ, DAZ, rounding mode) set by someone else does not change any result
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(target_arch = "x86_64")]
 mod mxcsr {
     use std::arch::asm;
 
@@ -599,6 +600,7 @@ mod mxcsr {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn mxcsr_state_does_not_change_results() {
     use mxcsr::*;
@@ -681,6 +683,7 @@ fn mxcsr_state_does_not_change_results() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn daz_really_flushes_f32_subnormals() {
     // Guards the previous test against a no-op MXCSR write: with DAZ on, an f32 subnormal

@@ -96,7 +96,9 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         _ => dot_scalar,
     };
     let seg = if plan.along_k() { plan.block } else { k };
+    #[cfg(target_arch = "x86_64")]
     let seg_pad = seg.div_ceil(64) * 64;
+    #[cfg(target_arch = "x86_64")]
     let xp = if table_f32 {
         permute_activations(&x, k, seg, seg_pad)
     } else {
@@ -180,6 +182,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Fewest output columns for which the table kernel is used (its activations are permuted
 /// once per call, serially; narrower products keep the binary16-decode kernels).
 const TABLE_MIN_COLS: usize = 512;
@@ -189,6 +192,7 @@ const TABLE_MIN_COLS: usize = 512;
 /// 16: the kernel's decoded weights come from a byte unpack (low / high per 128-bit lane) of the
 /// two table lookups, widened from bfloat16 to float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
 /// `16 L + 4 v + i`.
+#[cfg(target_arch = "x86_64")]
 fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f32> {
     let mut xp = vec![0.0f32; k.div_ceil(seg) * seg_pad];
     for (s, seg_vals) in x[..k].chunks(seg).enumerate() {
