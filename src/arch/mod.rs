@@ -4,6 +4,19 @@
 //! once per call (never per element). `FP8FAST_ISA=scalar|avx2|avx512|avx512bf16` forces a
 //! path, and [`set_active`] changes it at run time (tests use it to run every path the machine
 //! has). A path the CPU lacks is never chosen: asking for one is an error.
+//!
+//! # Where kernels live
+//!
+//! One rule for every architecture and algorithm: `arch/<architecture>/<level>/<algorithm>.rs`,
+//! and `arch/portable/<algorithm>.rs` for the level every CPU runs. The algorithms are `codec`
+//! (FP8 encode / decode), `quant` (amax, scale-and-encode, stochastic rounding, table lookup),
+//! `gemm` (the blocked GEMM's microkernel and packing helpers) and `gemv` (the streaming
+//! few-row kernels). A level without a kernel of its own for an algorithm uses the level
+//! below it (the `avx512bf16` level has only `gemm.rs`). Generic bodies that several levels
+//! compile with their own features stay with their algorithm (`quant::kernels`,
+//! `gemm::driver`), marked `#[inline(always)]`; helpers shared by two levels live in the lower
+//! one. Dispatch tables (`CodecKernels`, `QuantKernels`, the GEMM `Micro` families) are chosen
+//! once per call from the active level.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -184,10 +197,10 @@ pub struct CodecKernels {
 /// The portable kernels: integer-only encoders and table decoders.
 pub static SCALAR_CODEC: CodecKernels = CodecKernels {
     isa: Isa::Scalar,
-    encode_f32: portable::encode_f32,
-    encode_f64: portable::encode_f64,
-    encode_f16: portable::encode_f16,
-    encode_bf16: portable::encode_bf16,
+    encode_f32: portable::codec::encode_f32,
+    encode_f64: portable::codec::encode_f64,
+    encode_f16: portable::codec::encode_f16,
+    encode_bf16: portable::codec::encode_bf16,
     decode_f32: crate::scalar::slices::decode_f32,
     decode_f64: crate::scalar::slices::decode_f64,
     decode_f16: crate::scalar::slices::decode_f16,
@@ -202,9 +215,9 @@ pub fn codec_kernels_for(isa: Isa) -> Option<&'static CodecKernels> {
     match isa {
         Isa::Scalar => Some(&SCALAR_CODEC),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(x86_64::avx2::codec_kernels()),
+        Isa::Avx2 => Some(x86_64::avx2::codec::codec_kernels()),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 => Some(x86_64::avx512::codec_kernels()),
+        Isa::Avx512 | Isa::Avx512Bf16 => Some(x86_64::avx512::codec::codec_kernels()),
         #[cfg(not(target_arch = "x86_64"))]
         _ => None,
     }

@@ -3,7 +3,8 @@
 use std::cell::RefCell;
 
 use super::pack::{self, PackBuf, Src};
-use super::{kernels, CPtr, Elems, KernelChoice, Mat, ScalePlan};
+use super::{CPtr, Elems, KernelChoice, Mat, ScalePlan};
+use crate::arch;
 use crate::threads;
 
 /// The K loop of one microkernel call: `nblk` consecutive blocks of `steps` K steps each (K
@@ -109,15 +110,19 @@ pub(crate) unsafe fn gemm(
     // SAFETY (all arms): forwarded; `kernel_choice` only returns an x86 family when the CPU
     // has its features (the ISA was checked by `arch`).
     match choice {
-        KernelChoice::Scalar => unsafe { run(&kernels::SCALAR, a, b, plan, c, ldc) },
+        KernelChoice::Scalar => unsafe { run(&arch::portable::gemm::GEMM, a, b, plan, c, ldc) },
         #[cfg(target_arch = "x86_64")]
-        KernelChoice::Avx2 => unsafe { run(&super::x86::AVX2_F32, a, b, plan, c, ldc) },
+        KernelChoice::Avx2 => unsafe { run(&arch::x86_64::avx2::gemm::GEMM, a, b, plan, c, ldc) },
         #[cfg(target_arch = "x86_64")]
-        KernelChoice::Avx512 => unsafe { run(&super::x86::AVX512_F32, a, b, plan, c, ldc) },
+        KernelChoice::Avx512 => unsafe {
+            run(&arch::x86_64::avx512::gemm::GEMM, a, b, plan, c, ldc)
+        },
         #[cfg(target_arch = "x86_64")]
-        KernelChoice::Avx512Bf16 => unsafe { run(&super::x86::AVX512_BF16, a, b, plan, c, ldc) },
+        KernelChoice::Avx512Bf16 => unsafe {
+            run(&arch::x86_64::avx512bf16::gemm::GEMM, a, b, plan, c, ldc)
+        },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => unsafe { run(&kernels::SCALAR, a, b, plan, c, ldc) },
+        _ => unsafe { run(&arch::portable::gemm::GEMM, a, b, plan, c, ldc) },
     }
 }
 

@@ -33,14 +33,11 @@ use crate::arch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::format::Format;
 
-mod driver;
-mod gemv;
-mod kernels;
+pub(crate) mod driver;
+pub(crate) mod gemv;
 mod pack;
 #[cfg(test)]
 mod tests;
-#[cfg(target_arch = "x86_64")]
-mod x86;
 
 /// A matrix operand (or a stack of them: leading dimensions are batch dimensions).
 #[derive(Clone, Debug)]

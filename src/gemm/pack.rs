@@ -190,7 +190,7 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
                         let (lo_row, hi_row) = (ptr.offset(lo), ptr.offset(lo + ks));
                         #[cfg(target_arch = "x86_64")]
                         if simd && wn == 32 && panel == 32 {
-                            super::x86::pack_pairs32(lo_row, hi_row, t, out);
+                            crate::arch::x86_64::avx512::gemm::pack_pairs32(lo_row, hi_row, t, out);
                             continue;
                         }
                         let out32 = out.cast::<u32>();

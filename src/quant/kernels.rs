@@ -2,11 +2,11 @@
 //!
 //! The bodies here are `#[inline(always)]` so that the x86-64 modules can instantiate them
 //! inside `#[target_feature]` functions (where they vectorise with the level's registers);
-//! the stochastic-rounding kernels are written with intrinsics in `arch::x86_64::quant_*`.
+//! the stochastic-rounding kernels are written with intrinsics in `arch::x86_64::*::quant`.
 
 use half::{bf16, f16};
 
-use super::stochastic::{self, StochasticParams};
+use super::stochastic::StochasticParams;
 use crate::arch::{self, Isa};
 
 /// Largest magnitudes of a slice, as "magnitude keys": the IEEE bits with the sign cleared,
@@ -60,7 +60,7 @@ pub struct QuantKernels {
     pub scale_groups_f32: fn(&[f32], usize, usize, &[f32], &mut [f32]),
     /// `buf[j] *= s[(col0 + j) / group]`, with arguments `(buf, col0, group, s)`.
     pub scale_groups_inplace_f32: fn(&mut [f32], usize, usize, &[f32]),
-    /// Stochastic rounding of `f32` to FP8 (see [`stochastic`]).
+    /// Stochastic rounding of `f32` to FP8 (see [`super::stochastic`]).
     pub stochastic_f32: fn(&[f32], &mut [u8], StochasticParams),
     /// `out[j] = table[codes[j]]` for 16-bit results (a dequantization table of bfloat16 or
     /// float16 bits), over the shorter of the two slices.
@@ -179,70 +179,17 @@ pub fn scale_groups_inplace_f32_body(buf: &mut [f32], col0: usize, group: usize,
     });
 }
 
-fn absmax_f32_portable(x: &[f32]) -> AbsMaxKeys {
-    absmax_f32_body(x)
-}
-fn absmax_f64_portable(x: &[f64]) -> AbsMaxKeys {
-    absmax_f64_body(x)
-}
-fn absmax_f16_portable(x: &[f16]) -> AbsMaxKeys {
-    absmax_f16_body(x)
-}
-fn absmax_bf16_portable(x: &[bf16]) -> AbsMaxKeys {
-    absmax_bf16_body(x)
-}
-fn group_max_f32_portable(row: &[f32], group: usize, out: &mut [u64]) {
-    group_max_f32_body(row, group, out)
-}
-fn group_max_f64_portable(row: &[f64], group: usize, out: &mut [u64]) {
-    group_max_f64_body(row, group, out)
-}
-fn group_max_f16_portable(row: &[f16], group: usize, out: &mut [u64]) {
-    group_max_f16_body(row, group, out)
-}
-fn group_max_bf16_portable(row: &[bf16], group: usize, out: &mut [u64]) {
-    group_max_bf16_body(row, group, out)
-}
-fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
-    scale_groups_f32_body(src, col0, group, s, dst)
-}
-fn scale_groups_inplace_f32_portable(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
-    scale_groups_inplace_f32_body(buf, col0, group, s)
-}
-/// The table lookup has no AVX2 form worth having (no 16-bit permute across 256 entries;
-/// gathers are slower than the scalar loads), so the AVX2 table shares this one.
-pub(crate) fn lookup_u16_portable(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
-    lookup_u16_body(codes, table, out)
-}
-
-/// The portable kernels.
-pub static SCALAR_QUANT: QuantKernels = QuantKernels {
-    isa: Isa::Scalar,
-    absmax_f32: absmax_f32_portable,
-    absmax_f64: absmax_f64_portable,
-    absmax_f16: absmax_f16_portable,
-    absmax_bf16: absmax_bf16_portable,
-    group_max_f32: group_max_f32_portable,
-    group_max_f64: group_max_f64_portable,
-    group_max_f16: group_max_f16_portable,
-    group_max_bf16: group_max_bf16_portable,
-    scale_groups_f32: scale_groups_f32_portable,
-    scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
-    stochastic_f32: stochastic::encode_f32,
-    lookup_u16: lookup_u16_portable,
-};
-
 /// The quantization kernels of `isa`, or `None` if this CPU lacks it.
 pub fn quant_kernels_for(isa: Isa) -> Option<&'static QuantKernels> {
     if !isa.is_available() {
         return None;
     }
     match isa {
-        Isa::Scalar => Some(&SCALAR_QUANT),
+        Isa::Scalar => Some(&arch::portable::quant::QUANT),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(arch::x86_64::quant_avx2::quant_kernels()),
+        Isa::Avx2 => Some(arch::x86_64::avx2::quant::quant_kernels()),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 => Some(arch::x86_64::quant_avx512::quant_kernels()),
+        Isa::Avx512 | Isa::Avx512Bf16 => Some(arch::x86_64::avx512::quant::quant_kernels()),
         #[cfg(not(target_arch = "x86_64"))]
         _ => None,
     }
@@ -250,5 +197,5 @@ pub fn quant_kernels_for(isa: Isa) -> Option<&'static QuantKernels> {
 
 /// The quantization kernels of the active level.
 pub fn quant_kernels() -> &'static QuantKernels {
-    quant_kernels_for(arch::active()).unwrap_or(&SCALAR_QUANT)
+    quant_kernels_for(arch::active()).unwrap_or(&arch::portable::quant::QUANT)
 }

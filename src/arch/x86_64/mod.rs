@@ -1,13 +1,14 @@
-//! x86-64 kernels and the feature detection that guards them.
+//! x86-64 kernels and the feature detection that guards them: one folder per level
+//! (`avx2/`, `avx512/`, `avx512bf16/`), one file per algorithm in each (`codec.rs`,
+//! `quant.rs`, `gemm.rs`, `gemv.rs`), as for every architecture under `arch/`.
 //!
 //! Each level detects exactly the features its kernels are compiled with
 //! (`#[target_feature(enable = ...)]`), so a kernel never runs on a CPU that lacks one.
 
 pub mod avx2;
 pub mod avx512;
+pub mod avx512bf16;
 mod common;
-pub mod quant_avx2;
-pub mod quant_avx512;
 
 /// AVX2 + FMA + F16C: the features of every `avx2` kernel.
 pub fn has_avx2() -> bool {
@@ -27,4 +28,10 @@ pub fn has_avx512() -> bool {
 /// [`has_avx512`] plus AVX512_BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
 pub fn has_avx512bf16() -> bool {
     has_avx512() && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// AVX-512 VBMI (`vpermi2b`), which the table-decoding GEMV kernel
+/// (`avx512::gemv::dot_table_f32`) needs besides [`has_avx512`]; not a level of its own.
+pub fn has_avx512vbmi() -> bool {
+    has_avx512() && std::arch::is_x86_feature_detected!("avx512vbmi")
 }

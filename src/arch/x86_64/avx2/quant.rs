@@ -266,7 +266,7 @@ static QUANT: QuantKernels = QuantKernels {
     scale_groups_f32,
     scale_groups_inplace_f32,
     stochastic_f32,
-    lookup_u16: k::lookup_u16_portable,
+    lookup_u16: crate::arch::portable::quant::lookup_u16_portable,
 };
 
 /// The quantization kernels of this level. Only call when the CPU has it.

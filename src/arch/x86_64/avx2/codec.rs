@@ -1,6 +1,6 @@
 //! AVX2 + F16C codec kernels, 8 f32 lanes or 16 f16 lanes per register.
 //!
-//! The rounding derivations are in [`super::common`]. Differences from the AVX-512 level: no
+//! The rounding derivations are in `arch::x86_64::common`. Differences from the AVX-512 level: no
 //! mask registers (blends are `vpblendvb`), no embedded rounding (the subnormal range rounds
 //! with `vroundps` and an explicit immediate; f64 -> f32 round-to-odd corrects whatever
 //! MXCSR.RC did), and no masked loads for the tails: the last `< 32` elements of a slice go
@@ -14,7 +14,7 @@ use core::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::common::FmtConsts;
+use crate::arch::x86_64::common::FmtConsts;
 use crate::arch::{CodecKernels, Isa};
 use crate::format::Format;
 use crate::scalar;
@@ -66,7 +66,7 @@ fn srl_mant<const E5: bool>(x: __m256i) -> __m256i {
 }
 
 /// 8 f32 bit patterns -> the 8 FP8 codes of their magnitudes (0..=0x7F) in 32-bit lanes (see
-/// [`super::common`]).
+/// `arch::x86_64::common`).
 ///
 /// The subnormal candidate is computed for every lane from `min(abs, min_normal)` so that
 /// lanes that do not use it never overflow or convert a NaN (no spurious MXCSR flags).
@@ -123,7 +123,7 @@ fn encode_block<const E5: bool, const SAT: bool>(bits: [__m256i; 4]) -> __m256i 
     _mm256_permutevar8x32_epi32(signed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-/// 4 f64 -> 4 f32 bit patterns rounded to odd (see [`super::common`]): convert with whatever
+/// 4 f64 -> 4 f32 bit patterns rounded to odd (see `arch::x86_64::common`): convert with whatever
 /// MXCSR.RC says, step one ulp toward zero if that went away from zero, set the last bit if
 /// inexact.
 #[target_feature(enable = "avx2,f16c")]

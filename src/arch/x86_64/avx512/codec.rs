@@ -1,6 +1,6 @@
 //! AVX-512 (F + BW + VL) codec kernels, 16 f32 lanes or 32 f16 lanes per register.
 //!
-//! The arithmetic is the same as the AVX2 level (see [`super::common`] for the derivations);
+//! The arithmetic is the same as the AVX2 level (see `arch::x86_64::common` for the derivations);
 //! AVX-512 adds what makes it cheaper: mask registers for blends and for the tails (masked
 //! loads and stores, so the tail is vectorised and never touches memory past the slices),
 //! embedded rounding (`{rn-sae}`, `{rz-sae}`) so that no result depends on MXCSR, and
@@ -22,7 +22,7 @@ use core::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::common::FmtConsts;
+use crate::arch::x86_64::common::FmtConsts;
 use crate::arch::{CodecKernels, Isa};
 use crate::format::Format;
 
@@ -186,7 +186,7 @@ fn f16_to_f32_bits(h: __m256i) -> __m512i {
 }
 
 /// Round 8 f64 to f32 with round-to-odd: truncate (`{rz-sae}`), then set the lowest bit if
-/// that was inexact. See [`super::common`] for why a second rounding of the result to FP8 is exact.
+/// that was inexact. See `arch::x86_64::common` for why a second rounding of the result to FP8 is exact.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
 fn f64_to_f32_odd(x: __m512d) -> __m256i {

@@ -1,6 +1,7 @@
-//! x86-64 microkernels (AVX2+FMA, AVX-512 F, AVX-512 BF16) and GEMV kernels.
+//! AVX-512 F GEMM microkernel (float32 FMA) and the AVX-512 BW packing of FP8 code pairs to
+//! bfloat16 for the [`crate::arch::x86_64::avx512bf16::gemm`] kernel.
 //!
-//! Register blocking (row-major C, vectors along N, A broadcast from the packed panel):
+//! The x86-64 microkernels side by side. Register blocking (row-major C, vectors along N, A broadcast from the packed panel):
 //!
 //! | kernel | MR x NR | accumulators | per K step |
 //! |---|---|---|---|
@@ -11,33 +12,15 @@
 //! Cache blocking was measured on an AMD EPYC (Zen 4, 32 KiB L1D, 1 MiB L2) at 2048^3, one
 //! thread, with CPU-time ratios against OpenBLAS: larger K blocks (fewer C tile round trips)
 //! kept helping up to KC = 512 (float32) / 768 (bfloat16) with MC = 336 (an L2-sized A block).
-//!
-//! `vdpbf16ps` (Intel SDM, VDPBF16PS) computes per float32 lane
-//! `acc += a[2i+1] * b[2i+1]; acc += a[2i] * b[2i]` with round-to-nearest-even, denormal
-//! inputs treated as zero and denormal outputs flushed, independent of MXCSR. For FP8 inputs
-//! decoded to bfloat16 every product is exact in float32 and no input, product or partial sum
-//! of FP8 products is denormal (|products| >= 2^-32), so each lane sees at most one rounding
-//! per product, like two FMAs, and the `(k + 2) * 2^-23` bound holds. The summation order
-//! within a pair differs from the float32 kernel, so the two kernels agree to the bound, not
-//! bit for bit.
 
 #[allow(clippy::wildcard_imports)]
 use std::arch::x86_64::*;
 
-use super::driver::{KLoop, Micro};
-
-/// AVX2 + FMA float32 kernel family.
-pub(crate) static AVX2_F32: Micro<f32> = Micro {
-    mr: 6,
-    nr: 16,
-    kc: 512,
-    mc: 336,
-    nc: 3072,
-    func: avx2_f32_6x16,
-};
+use crate::arch::x86_64::avx2::gemm::prefetch_c;
+use crate::gemm::driver::{KLoop, Micro};
 
 /// AVX-512 float32 kernel family.
-pub(crate) static AVX512_F32: Micro<f32> = Micro {
+pub(crate) static GEMM: Micro<f32> = Micro {
     mr: 14,
     nr: 32,
     kc: 512,
@@ -45,94 +28,12 @@ pub(crate) static AVX512_F32: Micro<f32> = Micro {
     nc: 4096,
     func: avx512_f32_14x32,
 };
-
-/// AVX-512 BF16 kernel family (FP8 x FP8 only).
-pub(crate) static AVX512_BF16: Micro<u16> = Micro {
-    mr: 14,
-    nr: 32,
-    kc: 768,
-    mc: 336,
-    nc: 4096,
-    func: avx512_bf16_14x32,
-};
-
-/// # Safety
-/// AVX2 + FMA available; `a` holds `steps * nblk * 6` floats, `b` `steps * nblk * 16`, `sa` /
-/// `sb` 6 / 16 floats at each block's offset; C is a 6 x 16 tile with row stride `ldc`.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_f32_6x16(
-    kl: KLoop,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: isize,
-    first: bool,
-    sa: *const f32,
-    sb: *const f32,
-) {
-    const MR: usize = 6;
-    // SAFETY: every pointer access stays within the lengths the caller guarantees.
-    unsafe {
-        prefetch_c(c, ldc, MR, first);
-        let (mut a, mut b) = (a, b);
-        for t in 0..kl.nblk {
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            for _ in 0..kl.steps {
-                let b0 = _mm256_loadu_ps(b);
-                let b1 = _mm256_loadu_ps(b.add(8));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_set1_ps(*a.add(i));
-                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-                }
-                a = a.add(MR);
-                b = b.add(16);
-            }
-            let (sa, sb) = (sa.add(t * kl.sa_stride), sb.add(t * kl.sb_stride));
-            let s0 = _mm256_loadu_ps(sb);
-            let s1 = _mm256_loadu_ps(sb.add(8));
-            for (i, row) in acc.iter().enumerate() {
-                let si = _mm256_set1_ps(*sa.add(i));
-                let cp = c.offset(i as isize * ldc);
-                let t0 = _mm256_mul_ps(row[0], s0);
-                let t1 = _mm256_mul_ps(row[1], s1);
-                if first && t == 0 {
-                    _mm256_storeu_ps(cp, _mm256_mul_ps(t0, si));
-                    _mm256_storeu_ps(cp.add(8), _mm256_mul_ps(t1, si));
-                } else {
-                    _mm256_storeu_ps(cp, _mm256_fmadd_ps(t0, si, _mm256_loadu_ps(cp)));
-                    _mm256_storeu_ps(
-                        cp.add(8),
-                        _mm256_fmadd_ps(t1, si, _mm256_loadu_ps(cp.add(8))),
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Ask for the C tile (`rows` rows of 128 bytes) while the K loop runs, when it will be read.
-#[inline(always)]
-fn prefetch_c(c: *mut f32, ldc: isize, rows: usize, first: bool) {
-    if !first {
-        for i in 0..rows {
-            let row = c.wrapping_offset(i as isize * ldc);
-            // SAFETY: prefetching never faults, whatever the address.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(row.cast());
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16).cast());
-            }
-        }
-    }
-}
-
 /// Scale the 14 x 32 accumulator tile and store (or accumulate) it into C.
 ///
 /// # Safety
 /// AVX-512 F available; `sa` holds 14 floats, `sb` 32; C is a 14 x 32 tile.
 #[inline(always)]
-unsafe fn store_14x32(
+pub(crate) unsafe fn store_14x32(
     acc: &[[__m512; 2]; 14],
     c: *mut f32,
     ldc: isize,
@@ -162,7 +63,6 @@ unsafe fn store_14x32(
         }
     }
 }
-
 /// # Safety
 /// AVX-512 F available; `a` holds `steps * nblk * 14` floats, `b` `steps * nblk * 32`, `sa` /
 /// `sb` 14 / 32 floats at each block's offset; C is a 14 x 32 tile with row stride `ldc`.
@@ -201,50 +101,6 @@ unsafe fn avx512_f32_14x32(
         }
     }
 }
-
-/// # Safety
-/// AVX-512 F + BF16 available; `a` holds `steps * nblk * 14` bfloat16 pairs, `b`
-/// `steps * nblk * 32` pairs, `sa` / `sb` 14 / 32 floats at each block's offset; C is a
-/// 14 x 32 tile with row stride `ldc`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx512_bf16_14x32(
-    kl: KLoop,
-    a: *const u16,
-    b: *const u16,
-    c: *mut f32,
-    ldc: isize,
-    first: bool,
-    sa: *const f32,
-    sb: *const f32,
-) {
-    const MR: usize = 14;
-    // SAFETY: every pointer access stays within the lengths the caller guarantees; the
-    // transmutes reinterpret 512-bit integer vectors as 32 bfloat16 lanes (same size, any
-    // bit pattern valid).
-    unsafe {
-        prefetch_c(c, ldc, MR, first);
-        let mut a = a.cast::<i32>();
-        let mut b = b.cast::<i32>();
-        for t in 0..kl.nblk {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-            for _ in 0..kl.steps {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i)));
-                    row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
-                    row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
-                }
-                a = a.add(MR);
-                b = b.add(32);
-            }
-            let (sa, sb) = (sa.add(t * kl.sa_stride), sb.add(t * kl.sb_stride));
-            store_14x32(&acc, c, ldc, first && t == 0, sa, sb);
-        }
-    }
-}
-
 /// Pack 32 columns of two K rows of FP8 codes (`lo`, `hi`) into 32 bfloat16 pairs at `out`
 /// (`out[2w] = table[lo[w]]`, `out[2w+1] = table[hi[w]]`).
 ///

@@ -1,17 +1,17 @@
-//! The portable microkernel.
+//! The portable GEMM microkernel.
 //!
 //! Without a hardware FMA, `acc + a * b` is formed in float64: the product of two float32
 //! values is exact in float64 (24 + 24 <= 53 significant bits), so only the sum is rounded
 //! (once to float64, then to float32), which keeps each step within one float32 rounding
 //! error plus 2^-53 relative, inside the `(k + 2) * 2^-23` bound.
 
-use super::driver::{KLoop, Micro};
+use crate::gemm::driver::{KLoop, Micro};
 
 const MR: usize = 4;
 const NR: usize = 8;
 
 /// The portable float32 kernel family.
-pub(crate) static SCALAR: Micro<f32> = Micro {
+pub(crate) static GEMM: Micro<f32> = Micro {
     mr: MR,
     nr: NR,
     kc: 256,

@@ -1,0 +1,6 @@
+//! The AVX2 level (AVX2 + FMA + F16C, [`super::has_avx2`]): one file per algorithm.
+
+pub mod codec;
+pub(crate) mod gemm;
+pub(crate) mod gemv;
+pub mod quant;
