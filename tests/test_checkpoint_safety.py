@@ -104,37 +104,43 @@ def spelled(tmp_path, spelling):
     return str(tmp_path / spelling) + ("/" if spelling.endswith("/") else "")
 
 
-def cases():
-    for src_kind in DIR_SPELLINGS:
-        for dst_kind in SAME_DST:
-            yield src_kind, "same:" + dst_kind
-        for dst_kind in INSIDE_DST:
-            yield src_kind, "inside:" + dst_kind
-        for dst_kind in PARENT_DST:
-            yield src_kind, "parent:" + dst_kind
-    # A single file's destination inside or around its folder is a legitimate new file; the
-    # same file (through the folder, a link or a hard link) is not.
-    for src_kind in SHARD_SPELLINGS:
-        for dst_kind in ("dir", "symlink-dir", "dotdot", "relative", "shard", "hardlink-shard"):
-            yield src_kind, "same:" + dst_kind
+def destinations(src_kind):
+    """The DST spellings overlapping the source named by ``src_kind``, as (relation, spelling)."""
+    if src_kind in SHARD_SPELLINGS:
+        # A single file's destination inside or around its folder is a legitimate new file; the
+        # same file (through the folder, a link or a hard link) is not.
+        return [("same", SAME_DST[k]) for k in ("dir", "symlink-dir", "dotdot", "relative", "shard",
+                                                "hardlink-shard")]
+    return ([("same", v) for v in SAME_DST.values()] + [("inside", v) for v in INSIDE_DST.values()]
+            + [("parent", v) for v in PARENT_DST.values()])
+
+
+@pytest.fixture(scope="module")
+def layouts(templates, tmp_path_factory):
+    """One layout per command, shared by the refusal cases: each checks it is left unchanged."""
+    out = {}
+    for command, (template, _) in CONVERT.items():
+        base = tmp_path_factory.mktemp(command)
+        make_layout(base, templates / template)
+        out[command] = base, tree_hash(base / "p"), tree_hash(templates / template)
+    return out
 
 
 @pytest.mark.parametrize("command", sorted(CONVERT))
-@pytest.mark.parametrize("src_kind,dst_kind", list(cases()))
-def test_a_destination_overlapping_the_source_is_refused(tmp_path, monkeypatch, templates, command,
-                                                         src_kind, dst_kind):
-    template, convert = CONVERT[command]
-    m = make_layout(tmp_path, templates / template)
-    monkeypatch.chdir(tmp_path)
-    src = spelled(tmp_path, {**DIR_SPELLINGS, **SHARD_SPELLINGS}[src_kind])
-    relation, kind = dst_kind.split(":")
-    dst = spelled(tmp_path, {"same": SAME_DST, "inside": INSIDE_DST, "parent": PARENT_DST}[relation][kind])
-    before = tree_hash(tmp_path / "p")
-    with pytest.raises(ValueError, match="source"):
-        convert(src, dst)
-    assert tree_hash(tmp_path / "p") == before
-    assert tree_hash(m) == tree_hash(templates / template)
-    assert leftovers(tmp_path) == []
+@pytest.mark.parametrize("src_kind", [*DIR_SPELLINGS, *SHARD_SPELLINGS])
+def test_a_destination_overlapping_the_source_is_refused(monkeypatch, layouts, command, src_kind):
+    base, before, model = layouts[command]
+    monkeypatch.chdir(base)
+    src = spelled(base, {**DIR_SPELLINGS, **SHARD_SPELLINGS}[src_kind])
+    for relation, spelling in destinations(src_kind):
+        dst = spelled(base, spelling)
+        case = f"{command} {src} {dst} --force ({relation})"
+        with pytest.raises(ValueError, match="source"):
+            CONVERT[command][1](src, dst)
+            pytest.fail(f"not refused: {case}")
+        assert tree_hash(base / "p") == before, case
+        assert tree_hash(base / "p" / "m") == model, case
+        assert leftovers(base) == [], case
 
 
 @pytest.mark.parametrize("argv", [
