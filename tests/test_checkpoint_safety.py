@@ -323,6 +323,7 @@ SIGINT_AT = textwrap.dedent("""
 
     if where == "file":
         _core.quantize_file = patched(_core.quantize_file)
+        _core.dequantize_file = patched(_core.dequantize_file)
     elif where == "commit":
         real_rename = os.rename
         def rename(a, b):
@@ -335,21 +336,23 @@ SIGINT_AT = textwrap.dedent("""
 """)
 
 
-def interrupted_run(tmp_path, where, when, *argv):
-    r = subprocess.run([sys.executable, "-c", SIGINT_AT, where, when, "quantize", *argv, "-q"],
+def interrupted_run(tmp_path, where, when, *argv, command="quantize"):
+    r = subprocess.run([sys.executable, "-c", SIGINT_AT, where, when, command, *argv, "-q"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr, r.stderr
     return r.returncode, r.stderr
 
 
-def test_ctrl_c_after_a_single_file_is_renamed_says_it_is_complete(tmp_path, templates):
-    shutil.copy(templates / "bf16" / SHARD, tmp_path / "in.safetensors")
-    _checkpoint.quantize(str(tmp_path / "in.safetensors"), str(tmp_path / "ref.safetensors"), quiet=True)
-    code, err = interrupted_run(tmp_path, "file", "after", "in.safetensors", "out.safetensors")
+@pytest.mark.parametrize("command", sorted(CONVERT))
+def test_ctrl_c_after_a_single_file_is_renamed_says_it_is_complete(tmp_path, templates, command):
+    template, convert = CONVERT[command]
+    shutil.copy(templates / template / SHARD, tmp_path / "in.safetensors")
+    convert(str(tmp_path / "in.safetensors"), str(tmp_path / "ref.safetensors"))
+    code, err = interrupted_run(tmp_path, "file", "after", "in.safetensors", "out.safetensors", command=command)
     assert code == 130 and err == "fp8fast: error: interrupted after the conversion had finished: " \
                                   "out.safetensors is complete\n", err
     assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
-    code, err = interrupted_run(tmp_path, "file", "before", "in.safetensors", "out2.safetensors")
+    code, err = interrupted_run(tmp_path, "file", "before", "in.safetensors", "out2.safetensors", command=command)
     assert code == 130 and err == "fp8fast: error: interrupted; nothing was written to the destination\n", err
     assert sorted(os.listdir(tmp_path)) == ["in.safetensors", "out.safetensors", "ref.safetensors"]
 
