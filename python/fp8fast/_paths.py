@@ -12,7 +12,7 @@ directory. The check runs once for every command, on the set of paths each side 
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 FileId = Tuple[int, int]
 
@@ -68,31 +68,30 @@ def check_disjoint(reads: Sequence[str], writes: Sequence[str], dst: str) -> Non
     paths it reads (``reads``), contains one of them, or lies inside one of them.
 
     ``dst`` is the destination as the user spelled it, for the message."""
-    read_ids = {}
+    read_ids: Dict[FileId, str] = {}
     for r in reads:
         for fid in _identities(r):
             read_ids.setdefault(fid, r)
-    read_parents = {r: _ancestors(r) for r in reads}
+    # Each folder containing something read, with one thing it contains.
+    read_parents: Dict[FileId, str] = {}
+    for r in reads:
+        for _, fid in _ancestors(r):
+            read_parents.setdefault(fid, r)
     for w in writes:
         for fid in _identities(w):
             if fid in read_ids:
                 raise ValueError(
                     f"destination {dst} is the source {read_ids[fid]} (the same file): refusing to overwrite the input"
                 )
-        w_ids = set(_identities(w))
-        for r, parents in read_parents.items():
-            if any(fid in w_ids for _, fid in parents):
+        for fid in _identities(w):
+            if fid in read_parents:
                 raise ValueError(
-                    f"destination {dst} contains the source {r}: refusing to write over (or, with --force, delete) the input"
+                    f"destination {dst} contains the source {read_parents[fid]}: "
+                    "refusing to write over (or, with --force, delete) the input"
                 )
         for _, fid in _ancestors(w):
             if fid in read_ids:
                 raise ValueError(f"destination {dst} is inside the source {read_ids[fid]}")
-
-
-def existing(paths: Iterable[str]) -> List[str]:
-    """The paths that exist (a dangling symbolic link counts: it is replaced, not followed)."""
-    return [p for p in paths if os.path.lexists(p)]
 
 
 def same_file(a: str, b: str) -> bool:
