@@ -399,3 +399,24 @@ def test_the_sigint_handler_is_restored(tmp_path, monkeypatch, templates, outcom
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert _interrupt._active is None
     assert leftovers(tmp_path) == []
+
+
+def test_a_single_file_never_replaces_a_directory(tmp_path, templates):
+    # DST a folder: the file goes inside it; a folder of that name there is an error, untouched.
+    shutil.copy(templates / "bf16" / SHARD, tmp_path / "in.safetensors")
+    (tmp_path / "out" / "in.safetensors" / "keep").mkdir(parents=True)
+    with pytest.raises(OSError, match="rename"):
+        _checkpoint.quantize(str(tmp_path / "in.safetensors"), str(tmp_path / "out"), force=True, quiet=True)
+    assert os.listdir(tmp_path / "out" / "in.safetensors") == ["keep"]
+    assert leftovers(tmp_path) == []
+
+
+def test_an_aside_copy_left_by_a_killed_run_is_never_deleted(tmp_path, templates, old_and_new):
+    old, _, base = old_and_new
+    shutil.copytree(base / "old", tmp_path / "dst")
+    aside = tmp_path / f".dst.fp8fast-old-{os.getpid()}"  # as a killed run with this id left it
+    shutil.copytree(base / "old", aside)
+    with pytest.raises(FileExistsError, match="move it away"):
+        _checkpoint.quantize(str(templates / "bf16"), str(tmp_path / "dst"), force=True, quiet=True)
+    assert tree_hash(tmp_path / "dst") == old and tree_hash(aside) == old
+    assert sorted(os.listdir(tmp_path)) == sorted(["dst", aside.name])
