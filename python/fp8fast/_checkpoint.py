@@ -10,6 +10,7 @@ second, a tenth of converting a 2 GiB file); the numpy-facing file API is ``_saf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,9 +19,9 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import _core
+from . import _commit, _core, _interrupt, _paths
 
 __all__ = ["dequantize", "inspect", "quantize"]
 
@@ -50,6 +51,7 @@ class Checkpoint:
     config: Optional[Dict[str, Any]] = None
     extra_files: List[str] = field(default_factory=list)
     headers: Dict[str, Tuple[int, list, Optional[Dict[str, str]]]] = field(default_factory=dict)
+    index_path: Optional[str] = None
 
     def path(self, shard: str) -> str:
         return os.path.join(self.root, shard)
@@ -68,44 +70,96 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 def open_checkpoint(src: str) -> Checkpoint:
     """Resolve ``src`` (a ``.safetensors`` file, an index JSON or a model directory) and
-    validate every shard's header."""
+    validate every shard's header.
+
+    Every tensor name must be in one shard only: a name the index gives to one shard but that
+    another shard holds too, or (without an index) a name two shards hold, is a ValueError
+    naming the file, the tensor and the shard that owns it, rather than a guess at which copy
+    is meant."""
     if not os.path.exists(src):
         raise FileNotFoundError(f"{src}: no such file or directory")
     if os.path.isdir(src):
-        root = src
-        names = sorted(os.listdir(src))
-        config = _read_json(os.path.join(src, "config.json")) if "config.json" in names else None
-        if INDEX_NAME in names:
-            index = _read_json(os.path.join(src, INDEX_NAME))
-            wm = index.get("weight_map")
-            if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-                raise ValueError(f"{os.path.join(src, INDEX_NAME)}: no valid \"weight_map\"")
-            if not isinstance(index.get("metadata") or {}, dict):
-                raise ValueError(f"{os.path.join(src, INDEX_NAME)}: \"metadata\" is not an object")
-            shards = sorted(set(wm.values()))
-        else:
-            index = None
-            shards = [n for n in names if n.endswith(".safetensors")]
-        if not shards:
-            raise ValueError(f"{src}: no .safetensors files in this directory")
-        for s in shards:
-            if os.path.basename(s) != s or s.startswith("."):
-                raise ValueError(f"{src}: shard name {s!r} is not a plain file name")
-        used = set(shards) | {INDEX_NAME, "config.json"}
-        extra = [n for n in names if n not in used and not n.startswith(".")]
-        ck = Checkpoint(root, shards, False, index, config, extra)
+        ck = _open_directory(src, None)
     elif src.endswith(".json"):
-        return open_checkpoint(os.path.dirname(src) or ".")
+        ck = _open_directory(_index_folder(src), src)
     else:
         ck = Checkpoint(os.path.dirname(src) or ".", [os.path.basename(src)], True)
     for s in ck.shards:
         ck.headers[s] = _core.read_header(ck.path(s))
-    if ck.index is not None:
-        for name, shard in ck.index["weight_map"].items():
-            entries = {r[0] for r in ck.headers[shard][1]}
-            if name not in entries:
-                raise ValueError(f"{ck.path(shard)}: the index lists tensor {name!r} here but the file has no such tensor")
+    _check_tensor_owners(ck)
     return ck
+
+
+def _read_index(path: str) -> Dict[str, Any]:
+    index = _read_json(path)
+    wm = index.get("weight_map")
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise ValueError(f"{path}: no valid \"weight_map\"")
+    if not isinstance(index.get("metadata") or {}, dict):
+        raise ValueError(f"{path}: \"metadata\" is not an object")
+    return index
+
+
+def _index_folder(index_path: str) -> str:
+    """The folder holding the shards an index JSON names: the folder the index is in or, when
+    the index is a symbolic link and its shards are not beside the link, the folder of the file
+    it points to."""
+    here = os.path.dirname(index_path) or "."
+    if not os.path.islink(index_path):
+        return here
+    shards = set(_read_index(index_path)["weight_map"].values())
+    if all(os.path.exists(os.path.join(here, s)) for s in shards):
+        return here
+    return os.path.dirname(os.path.realpath(index_path))
+
+
+def _open_directory(root: str, index_path: Optional[str]) -> Checkpoint:
+    """A model directory; its index is ``index_path`` if given, else its
+    ``model.safetensors.index.json`` if any."""
+    names = sorted(os.listdir(root))
+    config = _read_json(os.path.join(root, "config.json")) if "config.json" in names else None
+    if index_path is None and INDEX_NAME in names:
+        index_path = os.path.join(root, INDEX_NAME)
+    if index_path is not None:
+        index = _read_index(index_path)
+        shards = sorted(set(index["weight_map"].values()))
+    else:
+        index = None
+        shards = [n for n in names if n.endswith(".safetensors")]
+    if not shards:
+        raise ValueError(f"{root}: no .safetensors files in this directory")
+    for s in shards:
+        if os.path.basename(s) != s or s.startswith("."):
+            raise ValueError(f"{root}: shard name {s!r} is not a plain file name")
+    used = set(shards) | {INDEX_NAME, "config.json"}
+    if index_path is not None and _paths.same_file(os.path.dirname(index_path) or ".", root):
+        used.add(os.path.basename(index_path))
+    extra = [n for n in names if n not in used and not n.startswith(".")]
+    return Checkpoint(root, shards, False, index, config, extra, index_path=index_path)
+
+
+def _check_tensor_owners(ck: Checkpoint) -> None:
+    """Each tensor name in one shard only, the one the index (if any) names."""
+    wm = ck.index["weight_map"] if ck.index is not None else {}
+    held = {s: {r[0] for r in ck.headers[s][1]} for s in ck.shards}
+    for name, shard in wm.items():
+        if name not in held[shard]:
+            raise ValueError(f"{ck.path(shard)}: the index lists tensor {name!r} here but the file has no such tensor")
+    seen: Dict[str, str] = {}
+    for s in ck.shards:
+        for row in ck.headers[s][1]:
+            name = row[0]
+            owner = wm.get(name)
+            if owner is not None and owner != s:
+                raise ValueError(
+                    f"{ck.path(s)}: holds tensor {name!r}, which the index gives to {owner}: "
+                    "a tensor must be in one shard only"
+                )
+            if name in seen:
+                raise ValueError(
+                    f"{ck.path(s)}: tensor {name!r} is also in {seen[name]}: a tensor must be in one shard only"
+                )
+            seen[name] = s
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +181,9 @@ class Progress:
         self.base_bytes += nbytes
 
     def __call__(self, done: int, total: int, bytes_done: int, bytes_total: int) -> None:
+        # Rust calls this before each tensor; an exception here abandons the file being
+        # written before it is renamed into place.
+        _interrupt.poll()
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -155,13 +212,6 @@ class Progress:
 # Destination handling.
 
 
-def _same_path(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _single_file_destination(ck: Checkpoint, dst: str, shard: Optional[Tuple[int, int]]) -> Optional[str]:
     """For a single-file source: DST itself, or DST/<file name> when DST is a directory; None
     when ``--shard I/N`` gives this (only) file to another job."""
@@ -172,37 +222,71 @@ def _single_file_destination(ck: Checkpoint, dst: str, shard: Optional[Tuple[int
     return dst
 
 
-def _check_destination(src: str, dst: str, force: bool) -> None:
-    if os.path.exists(dst) and _same_path(src, dst):
-        raise ValueError(f"destination {dst} is the source: refusing to overwrite the input")
-    rs, rd = os.path.realpath(src), os.path.realpath(dst)
-    if os.path.isdir(src) and rd.startswith(rs.rstrip(os.sep) + os.sep):
-        raise ValueError(f"destination {dst} is inside the source directory {src}")
+def _source_paths(ck: Checkpoint) -> List[str]:
+    """Every path a conversion of ``ck`` reads: the file, or the folder, its index, its shards,
+    config.json and the other files copied."""
+    if ck.single_file:
+        return [ck.path(ck.shards[0])]
+    paths = [ck.root] + [ck.path(s) for s in ck.shards] + [os.path.join(ck.root, n) for n in ck.extra_files]
+    if ck.index_path is not None:
+        paths.append(ck.index_path)
+    if ck.config is not None:
+        paths.append(os.path.join(ck.root, "config.json"))
+    return paths
+
+
+def _destination_paths(ck: Checkpoint, dst: str, shard: Optional[Tuple[int, int]]) -> List[str]:
+    """Every path a conversion of ``ck`` into ``dst`` creates or replaces."""
+    if ck.single_file:
+        return [dst]
+    if shard is not None:  # written into dst itself, file by file
+        names = _selected(ck, shard) + ([INDEX_NAME, "config.json", *ck.extra_files] if shard[0] == 1 else [])
+        return [dst] + [os.path.join(dst, n) for n in names]
+    return [dst, _OutputDir.temp_path(dst), _commit.aside_path(dst)]
+
+
+def _check_destination(ck: Checkpoint, dst: str, shard: Optional[Tuple[int, int]], force: bool) -> None:
+    """Refuse a destination that is, contains or lies inside anything the conversion reads,
+    however either is spelled; or that exists, without ``force``."""
+    _paths.check_disjoint(_source_paths(ck), _destination_paths(ck, dst, shard), dst)
     if os.path.lexists(dst) and not force:
         raise ValueError(f"{dst} already exists (use --force to overwrite)")
 
 
 class _OutputDir:
-    """A model directory written under a temporary name beside ``dst`` and renamed into place
-    by :meth:`commit`; removed on failure. With ``shard`` set (``--shard I/N``) several jobs write
-    into the real ``dst`` instead, each file atomically."""
+    """A model directory written under a temporary name beside ``dst`` and put in place by
+    :meth:`commit` (over an existing ``dst`` as :func:`_commit.replace` describes); removed on
+    failure. With ``shared`` (``--shard I/N``) several jobs write into the real ``dst`` instead,
+    each file atomically. Ctrl-C inside is handled as :mod:`_interrupt` describes."""
 
-    def __init__(self, dst: str, force: bool, shared: bool) -> None:
-        self.dst, self.force, self.shared = dst, force, shared
-        if shared:
-            os.makedirs(dst, exist_ok=True)
-            self.path = dst
-        else:
-            parent = os.path.dirname(os.path.abspath(dst))
-            if not os.path.isdir(parent):
-                raise FileNotFoundError(f"{parent}: no such directory")
-            self.path = os.path.join(parent, f".{os.path.basename(os.path.abspath(dst))}.fp8fast-tmp-{os.getpid()}")
-            if os.path.exists(self.path):
-                shutil.rmtree(self.path)
-            os.mkdir(self.path)
+    def __init__(self, dst: str, force: bool, shared: bool, quiet: bool = False) -> None:
+        self.dst, self.force, self.shared, self.quiet = dst, force, shared, quiet
+        self.path = dst if shared else self.temp_path(dst)
+        self._writing = _interrupt.Writing(dst, shared)
+
+    @staticmethod
+    def temp_path(dst: str) -> str:
+        full = os.path.abspath(dst)
+        return os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.fp8fast-tmp-{os.getpid()}")
+
+    def _create(self) -> None:
+        if self.shared:
+            os.makedirs(self.dst, exist_ok=True)
+            return
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"{parent}: no such directory")
+        if os.path.exists(self.path):
+            shutil.rmtree(self.path)
+        os.mkdir(self.path)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    def placed(self, name: str) -> None:
+        """File ``name`` is written, whole (in a shared ``dst``: in place)."""
+        if self.shared:
+            self.gate.wrote(name)
 
     def write_json(self, name: str, obj: Any) -> None:
         target = self.file(name)
@@ -213,45 +297,64 @@ class _OutputDir:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        self.placed(name)
 
     def commit(self) -> None:
-        if self.shared:
-            return
-        if os.path.lexists(self.dst):
-            if not self.force:
+        _interrupt.poll()  # the last point where stopping leaves nothing at dst
+        if not self.shared:
+            if os.path.lexists(self.dst) and not self.force:
                 raise ValueError(f"{self.dst} already exists (use --force to overwrite)")
-            if os.path.isdir(self.dst) and not os.path.islink(self.dst):
-                shutil.rmtree(self.dst)
-            else:
-                os.remove(self.dst)
-        os.rename(self.path, self.dst)
+            _commit.replace(self.path, self.dst, announce=not self.quiet)
+        self.gate.completed()
 
     def abort(self) -> None:
         if not self.shared:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> _OutputDir:
+        self.gate = self._writing.__enter__()
+        try:
+            self._create()
+        except BaseException:
+            self._writing.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         """Commit when the block succeeded; otherwise (or if committing fails) leave nothing."""
-        if exc_type is not None:
-            self.abort()
-            return
         try:
-            self.commit()
+            if exc_type is not None:
+                self.abort()
+            else:
+                try:
+                    self.commit()
+                except BaseException:
+                    self.abort()
+                    raise
         except BaseException:
-            self.abort()
+            self._writing.__exit__(*sys.exc_info())
             raise
+        self._writing.__exit__(exc_type, exc, tb)
+
+
+def _single_file_writing(ck: Checkpoint, dst: str) -> ContextManager[Any]:
+    """For a single-file source, the region in which Rust writes ``dst`` and renames it into
+    place; Ctrl-C is seen there only before each tensor (see :mod:`_interrupt`). A directory's
+    region is its :class:`_OutputDir`."""
+    if ck.single_file:
+        return _interrupt.Writing(dst, complete_on_exit=True)
+    return contextlib.nullcontext()
 
 
 def _copy_extra(ck: Checkpoint, out: _OutputDir) -> None:
     for name in ck.extra_files:
+        _interrupt.poll()
         s = os.path.join(ck.root, name)
         if os.path.isdir(s):
             shutil.copytree(s, out.file(name), dirs_exist_ok=True)
         else:
             shutil.copy2(s, out.file(name))
+        out.placed(name)
 
 
 def _shard_done(ck: Checkpoint, s: str, out: _OutputDir, r: Dict[str, Any], bar: Progress,
@@ -261,6 +364,7 @@ def _shard_done(ck: Checkpoint, s: str, out: _OutputDir, r: Dict[str, Any], bar:
     rows = ck.headers[s][1]
     bar.shard_done(len(rows), sum(e[4] - e[3] for e in rows))
     files.append(out.file(s))
+    out.placed(s)
     return r["output_bytes"], len(r["converted"])
 
 
@@ -429,7 +533,7 @@ def quantize(
         if dst is None:
             return {"quantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
         shard = None
-    _check_destination(src, dst, force or shard is not None)
+    _check_destination(ck, dst, shard, force or shard is not None)
     targets, skipped = select_targets(ck, ignore)
     shards = _selected(ck, shard)
     tensors, nbytes = _totals(ck, shards)
@@ -438,7 +542,7 @@ def quantize(
     out_bytes = 0
     quantized = 0
     qc = quantization_config(fmt, granularity, block, layout, skipped)
-    with _Threads(jobs):
+    with _Threads(jobs), _single_file_writing(ck, dst):
         if ck.single_file:
             # A lone file has no config.json: its own metadata carries the quantization config
             # (dequantize reads the block size from it).
@@ -451,7 +555,7 @@ def quantize(
             return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
         try:
-            with _OutputDir(dst, force, shard is not None) as out:
+            with _OutputDir(dst, force, shard is not None, quiet) as out:
                 plans: Dict[str, List[str]] = {}
                 total_size = 0
                 for s in ck.shards:
@@ -572,7 +676,7 @@ def dequantize(
         if dst is None:
             return {"dequantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
         shard = None
-    _check_destination(src, dst, force or shard is not None)
+    _check_destination(ck, dst, shard, force or shard is not None)
     block = _block_from_config(ck.config if not ck.single_file else _file_quantization_config(ck))
     # Which shard holds each tensor, to find scales stored beside other shards' weights.
     where = {r[0]: s for s in ck.shards for r in ck.headers[s][1]}
@@ -608,7 +712,7 @@ def dequantize(
     files: List[str] = []
     out_bytes = 0
     converted = 0
-    with _Threads(jobs):
+    with _Threads(jobs), _single_file_writing(ck, dst):
         if ck.single_file:
             s = ck.shards[0]
             meta = ck.headers[s][2]
@@ -619,7 +723,7 @@ def dequantize(
             return {"dequantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
                     "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
         try:
-            with _OutputDir(dst, force, shard is not None) as out:
+            with _OutputDir(dst, force, shard is not None, quiet) as out:
                 for s in shards:
                     extra = scale_files(s)
                     r = _core.dequantize_file(ck.path(s), out.file(s), dtype, extra, block, None,

@@ -2,7 +2,9 @@
 
 ``add_subcommands(subparsers)`` adds them to the main parser (``fp8fast.cli``). Each handler
 returns an exit code and never lets a traceback out: a failure prints one line
-``fp8fast: error: ...`` on stderr and returns 1 (130 for Ctrl-C), and leaves nothing at DST.
+``fp8fast: error: ...`` on stderr and returns 1, and leaves nothing at DST. Ctrl-C returns 130
+with a line saying what is at DST: nothing (the usual case), the complete output (when it came
+during or after the final rename), or, for ``--shard``, which of the job's files were written.
 
 Splitting a large conversion across machines: ``--shard I/N`` converts only the shards whose
 position in the sorted shard list is I-1 modulo N, into DST directly (each file still appears
@@ -17,7 +19,7 @@ import argparse
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from . import _checkpoint
+from . import _checkpoint, _interrupt
 from ._argtypes import positive_int
 
 EXAMPLES = """\
@@ -48,9 +50,13 @@ def _shard(text: str) -> Any:
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            return func(args)
-        except KeyboardInterrupt:
-            print("fp8fast: error: interrupted; nothing was written to the destination", file=sys.stderr)
+            with _interrupt.Command():
+                return func(args)
+        except _interrupt.Interrupted as e:  # its message says what is at DST
+            print(f"fp8fast: error: {e}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:  # SIGINT was not ours to handle: no claim about DST
+            print("fp8fast: error: interrupted", file=sys.stderr)
             return 130
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
             msg = str(e) or type(e).__name__
