@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING, Any, List
 
 from . import _core
 
+_setting_error = _core.env_error()
+if _setting_error is not None:
+    # A bad FP8FAST_ISA / FP8FAST_NUM_THREADS: the library refuses to import rather than run
+    # with a setting other than the one asked for. The attribute lets the command line's entry
+    # point (``_fp8fast_cli``, which imports this package) print it as one line instead.
+    _error = ImportError(f"fp8fast: {_setting_error}")
+    _error.fp8fast_setting = _setting_error  # type: ignore[attr-defined]
+    raise _error
+
 #: Public name -> the submodule defining it. Submodules load on first use (PEP 562), so the
 #: command line's checkpoint conversions never import numpy and ml_dtypes; ``import fp8fast``
 #: followed by any array function behaves exactly as an eager import would.
