@@ -547,7 +547,14 @@ impl SafetensorsWriter {
         let aligned = self.pos.is_multiple_of(std::mem::align_of::<T>() as u64);
         if self.sink.map && len > 0 && aligned {
             let io = |e| Error::io(self.context(), e);
-            let mut map = map_range(&self.sink.file, self.pos, len).map_err(io)?;
+            let mut map = map_range(&self.sink.file, self.pos, len).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::OutOfMemory {
+                    let refused = crate::alloc::Refused { bytes: len as u128 };
+                    self.refused(refused, "a map of its place in the output")
+                } else {
+                    io(e)
+                }
+            })?;
             if populate(&map).map_err(io)? {
                 let r = fill(bytemuck::cast_slice_mut(&mut map[..]))?;
                 drop(map);
