@@ -79,7 +79,7 @@ def unaligned(shape, dtype):
     return a
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "block"])
 def test_dequantize_into_unaligned_out(isa, dtype, granularity):
     """Item 8: an unaligned C-contiguous out is written like any other out."""
