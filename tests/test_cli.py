@@ -114,18 +114,25 @@ def console_script(*args):
     ("FP8FAST_NUM_THREADS", "lots", "1 to"),
 ])
 @pytest.mark.parametrize("args", [["inspect", "x.safetensors"], ["--version"], ["config"]])
-def test_a_bad_environment_setting_is_one_line_on_the_command_line(variable, value, accepted, args):
+def test_a_bad_environment_setting_is_one_line_on_the_command_line(variable, value, accepted, args,
+                                                                  tmp_path):
     """Item 9: one line naming the variable and the accepted values, exit 2; the library itself
     still refuses to import."""
     env = {**os.environ, variable: value}
-    r = subprocess.run(console_script(*args), capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"fp8fast: error: {variable}={value}"), r.stderr
-    assert accepted in lines[0]
-    lib = subprocess.run([sys.executable, "-c", "import fp8fast"], capture_output=True, text=True,
-                         timeout=60, env=env)
-    assert lib.returncode == 1 and f"ImportError: fp8fast: {variable}={value}" in lib.stderr
+    commands = [console_script(*args)]
+    if sys.version_info >= (3, 10):  # sys.orig_argv tells python -m fp8fast apart
+        commands.append([sys.executable, "-X", "utf8", "-m", "fp8fast", *args])
+    for argv in commands:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"fp8fast: error: {variable}={value}"), r.stderr
+        assert accepted in lines[0]
+    # The library, also in another program run with -m, refuses to import.
+    (tmp_path / "uses_fp8fast.py").write_text("import fp8fast\n")
+    for argv in ([sys.executable, "-c", "import fp8fast"], [sys.executable, "-m", "uses_fp8fast"]):
+        lib = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+        assert lib.returncode == 1 and f"ImportError: fp8fast: {variable}={value}" in lib.stderr
 
 
 INTERRUPT_DURING_IMPORT = """
