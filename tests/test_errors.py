@@ -106,7 +106,7 @@ def test_dequantize_takes_numbers_as_per_tensor_scales():
     np.testing.assert_array_equal(f8.dequantize(q, 0.1), q.astype(np.float32) * np.float32(0.1))
     with pytest.raises(ValueError, match="float32 range"):
         f8.dequantize(q, 1e300)
-    for bad in (np.int64(2**25 + 1), 2**25 + 1, 2**200):
+    for bad in (np.int64(2**25 + 1), 2**25 + 1, 2**128 - 1, 2**200, 10**400):
         with pytest.raises(ValueError, match="exactly representable"):
             f8.dequantize(q, bad)
     with pytest.raises(TypeError):

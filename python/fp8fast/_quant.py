@@ -203,9 +203,14 @@ def _as_scale(scale) -> np.ndarray:
         raise TypeError(f"scale must be a number or an array of float32, got {scale!r}")
     if isinstance(scale, (int, np.integer)):
         value = int(scale)
-        if abs(value) >= 2**128 or int(np.float32(value)) != value:
+        try:
+            with np.errstate(over="ignore"):
+                s32 = np.float32(value)
+        except OverflowError:  # beyond float64
+            s32 = np.float32(np.inf)
+        if not np.isfinite(s32) or int(s32) != value:
             raise ValueError(f"integer scale {value} is not exactly representable in float32")
-        return np.asarray(np.float32(value))
+        return np.asarray(s32)
     if isinstance(scale, float) and not isinstance(scale, np.floating):
         with np.errstate(over="ignore"):  # reported below
             s32 = np.float32(scale)
