@@ -113,7 +113,13 @@ impl SafetensorsFile {
             read_exact_at(&file, &mut prefix, 0, path)?;
         }
         let header_len = check_prefix(prefix, file_len).map_err(|m| value_err(path, m))?;
-        let mut header = vec![0u8; header_len as usize];
+        let mut header = crate::alloc::filled(header_len as usize, 0u8).map_err(|r| {
+            Error::memory(format!(
+                "{}: cannot allocate {} bytes for its header",
+                path.display(),
+                r.bytes
+            ))
+        })?;
         read_exact_at(&file, &mut header, PREFIX_LEN, path)?;
         let data_len = file_len - PREFIX_LEN - header_len;
         let (tensors, metadata) =
