@@ -11,6 +11,9 @@ pub enum Error {
     /// An argument has an unsupported type or dtype (Python `TypeError`).
     #[error("{0}")]
     Type(String),
+    /// Memory for a buffer sized by the input could not be allocated (Python `MemoryError`).
+    #[error("{0}")]
+    Memory(String),
     /// Reading or writing a file failed (Python `OSError`).
     #[error("{context}: {source}")]
     Io {
@@ -31,6 +34,11 @@ impl Error {
     /// A `TypeError`-kind error.
     pub fn type_error(msg: impl Into<String>) -> Self {
         Error::Type(msg.into())
+    }
+
+    /// A `MemoryError`-kind error.
+    pub fn memory(msg: impl Into<String>) -> Self {
+        Error::Memory(msg.into())
     }
 
     /// An I/O error with context naming the file.

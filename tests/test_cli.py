@@ -1,5 +1,8 @@
 """The command line: help, demo, bench, config, and clean errors."""
 
+import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -88,3 +91,151 @@ def test_package_exports_resolve_lazily():
         capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "no_such_name" in r.stdout
+
+
+# --- clean failures before and around the command's own code (issue items 7, 9, 10) --------
+
+def console_script(*args):
+    """The argv of the installed ``fp8fast`` console script, run as its generated wrapper runs
+    it: import the entry point named in the package metadata and exit with what it returns."""
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    eps = eps.select(group="console_scripts") if hasattr(eps, "select") else eps["console_scripts"]
+    (ep,) = [e for e in eps if e.name == "fp8fast"]
+    module, attr = ep.value.split(":")
+    code = f"import sys\nfrom {module} import {attr} as main\nsys.exit(main())\n"
+    return [sys.executable, "-c", code, *args]
+
+
+@pytest.mark.parametrize("variable,value,accepted", [
+    ("FP8FAST_ISA", "bogus", "avx2"),
+    ("FP8FAST_NUM_THREADS", "0", "1 to"),
+    ("FP8FAST_NUM_THREADS", "lots", "1 to"),
+])
+@pytest.mark.parametrize("args", [["inspect", "x.safetensors"], ["--version"], ["config"]])
+def test_a_bad_environment_setting_is_one_line_on_the_command_line(variable, value, accepted, args,
+                                                                  tmp_path):
+    """Item 9: one line naming the variable and the accepted values, exit 2; the library itself
+    still refuses to import."""
+    env = {**os.environ, variable: value}
+    commands = [console_script(*args)]
+    if sys.version_info >= (3, 10):  # sys.orig_argv tells python -m fp8fast apart
+        commands.append([sys.executable, "-X", "utf8", "-m", "fp8fast", *args])
+    for argv in commands:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"fp8fast: error: {variable}={value}"), r.stderr
+        assert accepted in lines[0]
+    # The library, also in another program run with -m, refuses to import.
+    (tmp_path / "uses_fp8fast.py").write_text("import fp8fast\n")
+    for argv in ([sys.executable, "-c", "import fp8fast"], [sys.executable, "-m", "uses_fp8fast"]):
+        lib = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+        assert lib.returncode == 1 and f"ImportError: fp8fast: {variable}={value}" in lib.stderr
+
+
+INTERRUPT_DURING_IMPORT = """
+import os, signal, sys
+class InterruptAt:
+    # Deliver SIGINT while module {name!r} is being imported (deterministically, where a
+    # user's early Ctrl-C lands at random).
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == {name!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, InterruptAt())
+"""
+
+
+@pytest.mark.parametrize("module", ["fp8fast._core", "fp8fast._config", "fp8fast.cli",
+                                    "fp8fast._checkpoint", "fp8fast._argtypes"])
+def test_ctrl_c_during_the_imports_is_one_line_and_130(module, tmp_path):
+    """Item 10: a Ctrl-C in the first milliseconds (while the package imports) exits 130 with
+    one line, no KeyboardInterrupt traceback."""
+    argv = console_script("inspect", str(tmp_path / "none.safetensors"))
+    argv[2] = INTERRUPT_DURING_IMPORT.format(name=module) + argv[2]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.splitlines() == ["fp8fast: interrupted"], r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["quantize", "a", "b", "--jobs", "0"], "quantize: argument --jobs/-j: expected a number >= 1, got 0"),
+    (["dequantize", "a", "b", "--shard", "3/2"], "dequantize: argument --shard"),
+    (["quantize", "a"], "quantize: the following arguments are required: DST"),
+    (["bench", "-n", "0"], "bench: argument -n"),
+    (["frobnicate"], "argument COMMAND: invalid choice"),
+])
+def test_usage_errors_end_with_an_error_line(args, message, capsys):
+    """Item 10: argparse's exit status 2, and the last line in the ``fp8fast: error:`` form,
+    from the main parser and from the checkpoint commands' own one."""
+    from fp8fast import cli, cli_checkpoint
+
+    mains = [cli.main] + ([cli_checkpoint.main] if args[0] in ("quantize", "dequantize") else [])
+    for main in mains:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage:")
+        last = err.splitlines()[-1]
+        assert last.startswith("fp8fast: error: ") and message in last, err
+
+
+def sparse_bf16_checkpoint(path, nbytes):
+    """A safetensors file with one BF16 weight of ``nbytes`` bytes, written sparse (header,
+    then a hole): cheap to make, read back as zeros."""
+    cols = 16384
+    header = json.dumps({"model.layers.0.mlp.up_proj.weight": {
+        "dtype": "BF16", "shape": [nbytes // 2 // cols, cols], "data_offsets": [0, nbytes]}})
+    header = header.encode() + b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + nbytes)
+
+
+def limit_address_space(nbytes):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    return apply
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def out_dir(request, tmp_path):
+    """Where DST goes: beside the source (positional writes through a buffer), or on tmpfs
+    (written through maps of the output)."""
+    if request.param == "disk":
+        yield tmp_path
+        return
+    shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
+    if shm is None or shm.f_bavail * shm.f_frsize < 2 << 30:
+        pytest.skip("no tmpfs at /dev/shm with 2 GiB free")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield pathlib.Path(d)
+
+
+@pytest.mark.parametrize("limit_mb,says", [
+    (400, "cannot allocate"),        # the FP8 codes' buffer or map (issue: aborted in Vec::resize)
+    (1200, "cannot map its"),        # the source map (issue: "was the file truncated?")
+])
+def test_quantize_under_a_memory_limit_is_one_line(tmp_path, out_dir, limit_mb, says):
+    """Item 7: a memory limit the conversion cannot fit in gives one line naming the file, the
+    tensor and the bytes, exit 1, and leaves nothing behind."""
+    src, dst = tmp_path / "big.safetensors", out_dir / "o.safetensors"
+    sparse_bf16_checkpoint(src, 1 << 30)
+    r = subprocess.run(console_script("quantize", str(src), str(dst), "-q"), capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit_address_space(limit_mb << 20),
+                       env={**os.environ, "FP8FAST_NUM_THREADS": "2"})
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("fp8fast: error: ") and says in lines[0], lines[0]
+    assert 'tensor "model.layers.0.mlp.up_proj.weight"' in lines[0]
+    assert "truncated" not in lines[0] and "memory allocation" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
+    assert not any(out_dir.iterdir()) or out_dir == tmp_path

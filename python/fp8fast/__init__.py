@@ -12,9 +12,40 @@ array([  1., 448., 448.], dtype=float32)
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, List
+import sys
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import _core
+
+
+def _module_run_by_interpreter() -> Optional[str]:
+    """The module of ``python [options] -m MODULE``, from the interpreter's own arguments."""
+    args = iter(getattr(sys, "orig_argv", [])[1:])  # Python 3.10+
+    for arg in args:
+        if arg in ("-W", "-X"):
+            next(args, None)  # the option's value
+        elif arg == "-m":
+            return next(args, None)
+        elif arg.startswith("-m"):
+            return arg[2:]
+        elif arg in ("-c", "-") or not arg.startswith("-"):
+            return None  # a command, stdin or a script
+    return None
+
+
+_setting_error = _core.env_error()
+if _setting_error is not None:
+    # A bad FP8FAST_ISA / FP8FAST_NUM_THREADS: the library refuses to import rather than run
+    # with a setting other than the one asked for. The command line prints it as one line
+    # instead: the ``fp8fast`` script's entry point (``_fp8fast_cli``, outside this package)
+    # catches the error by its attribute; ``python -m fp8fast`` imports this package before
+    # any of its code runs, so for it the line is printed here.
+    if _module_run_by_interpreter() == __name__:
+        print(f"fp8fast: error: {_setting_error}", file=sys.stderr)
+        raise SystemExit(2)
+    _error = ImportError(f"fp8fast: {_setting_error}")
+    _error.fp8fast_setting = _setting_error  # type: ignore[attr-defined]
+    raise _error
 
 #: Public name -> the submodule defining it. Submodules load on first use (PEP 562), so the
 #: command line's checkpoint conversions never import numpy and ml_dtypes; ``import fp8fast``

@@ -64,9 +64,18 @@ def fp8_dtype(fmt: Any) -> np.dtype:
     return _FP8_DTYPES[format_name(fmt)]
 
 
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """``arr``, or a copy in the machine's byte order when its floats are byte-swapped (``>f4``
+    on a little-endian machine): equal values, which is what numpy's own functions compute on."""
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
 def as_wide_array(x: Any, what: str = "input") -> np.ndarray:
-    """``x`` as an array of a dtype the encoders take (ints and bools become float64)."""
-    arr = np.asarray(x)
+    """``x`` as an array of a dtype the encoders take (ints and bools become float64, floats
+    of the other byte order are swapped into a native copy)."""
+    arr = native_byte_order(np.asarray(x))
     if arr.dtype in _WIDE_DTYPES:
         return arr
     if arr.dtype.kind in "biu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from . import _core
@@ -47,11 +48,34 @@ def available_isas() -> list:
     return list(_core.available_isas())
 
 
+#: The most threads :func:`set_num_threads` accepts (as ``FP8FAST_NUM_THREADS``).
+MAX_THREADS: int = _core.MAX_THREADS
+
+
 def set_num_threads(n: int) -> None:
-    """Use ``n >= 1`` threads for large operations (results never depend on it)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"number of threads must be an int, not {type(n).__name__}")
-    _core.set_num_threads(n)
+    """Use ``n`` threads for large operations (results never depend on it).
+
+    Parameters
+    ----------
+    n : int
+        From 1 to 1024; any integer type (``int``, ``numpy.int64``, ...), not ``bool``.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an integer.
+    ValueError
+        ``n`` is outside 1..1024.
+    """
+    if isinstance(n, bool):
+        raise TypeError("number of threads must be an integer, not bool")
+    try:
+        count = operator.index(n)
+    except TypeError:
+        raise TypeError(f"number of threads must be an integer, not {type(n).__name__}") from None
+    if not 1 <= count <= MAX_THREADS:
+        raise ValueError(f"number of threads must be from 1 to {MAX_THREADS}, got {count}")
+    _core.set_num_threads(count)
 
 
 def get_num_threads() -> int:

@@ -16,7 +16,7 @@ _OUT_DTYPES = _WIDE_DTYPES
 
 def _operand(x, fmt, name):
     """Return ``(array, fmt)``: FP8 dtypes viewed as uint8 with their format."""
-    x = np.asarray(x)
+    x = _codec.native_byte_order(np.asarray(x))
     dt = x.dtype
     if dt in _FP8_DTYPES:
         own = _FP8_DTYPES[dt]

@@ -194,8 +194,71 @@ def _scale_f32(scale: np.ndarray, expected: str) -> np.ndarray:
     raise ValueError(f"scale must be float32 (got {scale.dtype}); expected shape {expected}")
 
 
+def _as_scale(scale) -> np.ndarray:
+    """``scale`` as an array; a number is a float32 per-tensor scale. A Python float is rounded
+    to float32 once (numpy's rule for a Python scalar combined with float32 data, NEP 50); an
+    integer (Python or numpy) must be exactly representable in float32, as float64 scales must.
+    """
+    if isinstance(scale, (bool, np.bool_)):
+        raise TypeError(f"scale must be a number or an array of float32, got {scale!r}")
+    if isinstance(scale, (int, np.integer)):
+        value = int(scale)
+        try:
+            with np.errstate(over="ignore"):
+                s32 = np.float32(value)
+        except OverflowError:  # beyond float64
+            s32 = np.float32(np.inf)
+        if not np.isfinite(s32) or int(s32) != value:
+            raise ValueError(f"integer scale {value} is not exactly representable in float32")
+        return np.asarray(s32)
+    if isinstance(scale, float) and not isinstance(scale, np.floating):
+        with np.errstate(over="ignore"):  # reported below
+            s32 = np.float32(scale)
+        if math.isfinite(scale) and not np.isfinite(s32):
+            raise ValueError(f"scale {scale!r} is outside the float32 range")
+        return np.asarray(s32)
+    return _codec.native_byte_order(np.asarray(scale))
+
+
+def _accepted_scale_shapes(q_shape: tuple, block: Tuple[int, int]) -> str:
+    """The scale shapes :func:`dequantize` takes for codes of ``q_shape``, in words."""
+    shapes = ["one number (shape () or (1,)) for the tensor"]
+    long_axes = [i for i, d in enumerate(q_shape) if d != 1]
+    if long_axes:
+        per_axis = [
+            _shape_str(tuple(d if i == ax else 1 for i, d in enumerate(q_shape))) for ax in long_axes
+        ]
+        shapes.append(f"one per channel {' or '.join(per_axis)}")
+    if len(q_shape) == 2:
+        br, bc = block
+        shapes.append(
+            f"one per {br}x{bc} block {_shape_str((-(-q_shape[0] // br), -(-q_shape[1] // bc)))}"
+        )
+    if q_shape:
+        mx = q_shape[:-1] + (-(-q_shape[-1] // 32),)
+        shapes.append(f"E8M0 mx scales {_shape_str(mx)}")
+    return ", ".join(shapes[:-1]) + " or " + shapes[-1] if len(shapes) > 1 else shapes[0]
+
+
 def _shape_str(shape) -> str:
     return str(tuple(shape))
+
+
+def _infer_granularity(scale: np.ndarray, q_shape: tuple, block: Tuple[int, int]) -> str:
+    """The granularity a scale's dtype and shape imply for codes of ``q_shape``; a shape that
+    fits none is a ``ValueError`` listing the ones that would."""
+    if scale.dtype == _E8M0:
+        return "mx"
+    if scale.size == 1:
+        return "tensor"
+    if len(scale.shape) == len(q_shape) and all(s in (1, d) for s, d in zip(scale.shape, q_shape)):
+        return "channel"  # (a scale with two long axes gets the channel rule's error)
+    if len(q_shape) == 2 and scale.shape == (-(-q_shape[0] // block[0]), -(-q_shape[1] // block[1])):
+        return "block"
+    raise ValueError(
+        f"scale has shape {_shape_str(scale.shape)}, which fits no layout of q of shape "
+        f"{_shape_str(q_shape)}: expected {_accepted_scale_shapes(q_shape, block)}"
+    )
 
 
 def dequantize(
@@ -214,15 +277,18 @@ def dequantize(
     ----------
     q : array_like
         FP8 codes (``float8_e4m3fn`` / ``float8_e5m2``, or ``uint8`` with ``fmt`` given).
-    scale : array_like
-        Dequantization multipliers as returned by :func:`quantize`: float32 (float16, bfloat16
-        and float32-exact float64 are accepted) or E8M0 for mx.
+    scale : array_like or number
+        Dequantization multipliers as returned by :func:`quantize`: float32 (float16, bfloat16,
+        and float64 or integers exactly representable in float32, are accepted) or E8M0 for
+        mx. A Python number is a per-tensor scale, rounded to float32 as numpy rounds Python
+        scalars combined with float32 arrays.
     dtype : dtype
         float32 (default), float64, float16 or bfloat16.
     granularity : {"tensor", "channel", "block", "mx"}, optional
         Inferred when ``None``: E8M0 scale -> mx; one element -> tensor; same number of
         dimensions as ``q`` with a single axis of ``q``'s length and ones elsewhere -> channel;
-        otherwise block (2-D ``q``).
+        the block grid of a 2-D ``q`` -> block. Any other shape is a ``ValueError`` listing the
+        shapes that fit ``q``.
     block : (int, int) or int
         Block shape for ``"block"`` (default 128x128).
     fmt : {"e4m3", "e5m2"}, optional
@@ -260,16 +326,9 @@ def dequantize(
         raise TypeError(
             f"cannot dequantize to {out_dtype}: expected float32, float64, float16 or bfloat16"
         )
-    scale = np.asarray(scale)
+    scale = _as_scale(scale)
     if granularity is None:
-        if scale.dtype == _E8M0:
-            granularity = "mx"
-        elif scale.size == 1:
-            granularity = "tensor"
-        elif scale.ndim == q.ndim and all(s in (1, d) for s, d in zip(scale.shape, q.shape)):
-            granularity = "channel"
-        else:
-            granularity = "block"
+        granularity = _infer_granularity(scale, q.shape, _block(block))
     granularity = _check_granularity(granularity)
     axis = 0
     br, bc = _block(block) if granularity == "block" else (1, 1)
@@ -325,7 +384,10 @@ def dequantize(
                 f"({br}, {bc})"
             )
         scale = _scale_f32(scale, _shape_str(expected))
-    direct = out if out is not None and out.flags.c_contiguous else None
+    # The kernels write a C-contiguous, aligned float array in place; any other out (strided,
+    # or unaligned as from a byte buffer) gets the result through a copy.
+    aligned = out is not None and out.flags.c_contiguous and out.flags.aligned
+    direct = out if aligned else None
     if direct is not None and np.may_share_memory(direct, q):
         direct = None  # out overlaps the codes: compute aside, then copy
     result = _core.dequantize(

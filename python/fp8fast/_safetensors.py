@@ -182,9 +182,13 @@ def save_file(
         The header's ``__metadata__``.
     """
     if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(
+                f"metadata must be a dict of str to str, not {type(metadata).__name__}"
+            )
         bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
         if bad:
-            raise TypeError(f"metadata must map str to str; bad entry {bad[0]!r}")
+            raise TypeError(f"metadata must be a dict of str to str; bad entry {bad[0]!r}")
         metadata = dict(metadata)
     rows = []
     for name, value in tensors.items():

@@ -10,7 +10,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from . import _config, cli_checkpoint
-from ._argtypes import positive_int
+from ._argtypes import ArgumentParser, positive_int
 
 # numpy, ml_dtypes and the modules built on them are imported by the commands that use them:
 # the checkpoint commands need neither, and a tenth of a second of imports is a tenth of
@@ -62,7 +62,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fp8fast`` command."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fp8fast",
         description=(
             "Fast, bit-exact FP8 (OCP OFP8 E4M3 / E5M2) conversion, quantization and GEMM "
@@ -106,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DemoFailure as e:
         print(f"fp8fast: error: demo check failed: {e}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, RuntimeError, MemoryError) as e:
         print(f"fp8fast: error: {e}", file=sys.stderr)
         return 1
 

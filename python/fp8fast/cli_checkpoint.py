@@ -20,7 +20,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from . import _checkpoint, _interrupt
-from ._argtypes import positive_int
+from ._argtypes import ArgumentParser, positive_int
 
 EXAMPLES = """\
 examples:
@@ -58,7 +58,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         except KeyboardInterrupt:  # SIGINT was not ours to handle: no claim about DST
             print("fp8fast: error: interrupted", file=sys.stderr)
             return 130
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, MemoryError) as e:
             msg = str(e) or type(e).__name__
             print(f"fp8fast: error: {msg}", file=sys.stderr)
             return 1
@@ -185,7 +185,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the checkpoint subcommands on their own (``python -m fp8fast.cli_checkpoint``)."""
-    parser = argparse.ArgumentParser(prog="fp8fast")
+    parser = ArgumentParser(prog="fp8fast")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_subcommands(sub)
     args = parser.parse_args(argv)

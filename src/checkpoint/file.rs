@@ -113,7 +113,13 @@ impl SafetensorsFile {
             read_exact_at(&file, &mut prefix, 0, path)?;
         }
         let header_len = check_prefix(prefix, file_len).map_err(|m| value_err(path, m))?;
-        let mut header = vec![0u8; header_len as usize];
+        let mut header = crate::alloc::filled(header_len as usize, 0u8).map_err(|r| {
+            Error::memory(format!(
+                "{}: cannot allocate {} bytes for its header",
+                path.display(),
+                r.bytes
+            ))
+        })?;
         read_exact_at(&file, &mut header, PREFIX_LEN, path)?;
         let data_len = file_len - PREFIX_LEN - header_len;
         let (tensors, metadata) =
@@ -183,17 +189,11 @@ impl SafetensorsFile {
         if len == 0 || !self.mappable {
             return Ok(None);
         }
-        let truncated = |e| {
-            Error::io(
-                format!(
-                    "cannot map tensor {:?} of {} (was the file truncated?)",
-                    t.name,
-                    self.path.display()
-                ),
-                e,
-            )
-        };
-        let now = self.file.metadata().map_err(truncated)?.len();
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {}", self.path.display()), e))?
+            .len();
         if now < t.end {
             return Err(value_err(
                 &self.path,
@@ -213,7 +213,25 @@ impl SafetensorsFile {
                 .len(len)
                 .map(&self.file)
         };
-        map.map(Some).map_err(truncated)
+        map.map(Some).map_err(|e| self.map_error(t, len, e))
+    }
+
+    /// What a failed `mmap` of tensor `t` means. A short file cannot cause it (the range was
+    /// just checked, and a file truncated later makes reads fault, not the map fail): ENOMEM is
+    /// the process running out of address space (`ulimit -v`) or of map slots.
+    fn map_error(&self, t: &TensorEntry, len: usize, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::OutOfMemory {
+            return Error::memory(format!(
+                "{}: tensor {:?}: cannot map its {len} bytes: out of address space or memory \
+                 (is a memory limit such as ulimit -v set?): {e}",
+                self.path.display(),
+                t.name
+            ));
+        }
+        Error::io(
+            format!("cannot map tensor {:?} of {}", t.name, self.path.display()),
+            e,
+        )
     }
 
     /// Read `buf.len()` bytes of tensor `t` starting `offset` bytes into it.

@@ -29,6 +29,7 @@ pub use file::{SafetensorsFile, TensorEntry};
 pub use scaled::Granularity;
 pub use writer::{OutTensor, SafetensorsWriter};
 
+use crate::alloc::Refused;
 use crate::error::{Error, Result};
 use crate::format::Format;
 pub use crate::quant::Rounding;
@@ -154,14 +155,16 @@ fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> &mut [T] {
-    let bytes = elements * std::mem::size_of::<T>();
+fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> Result<&mut [T], Refused> {
+    let bytes = elements
+        .checked_mul(std::mem::size_of::<T>())
+        .ok_or(Refused {
+            bytes: elements as u128 * std::mem::size_of::<T>() as u128,
+        })?;
     let words = bytes.div_ceil(8);
-    if buf.len() < words {
-        buf.resize(words, 0);
-    }
+    crate::alloc::grow(buf, words, 0)?;
     let all: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..words]);
-    bytemuck::cast_slice_mut(&mut all[..bytes])
+    Ok(bytemuck::cast_slice_mut(&mut all[..bytes]))
 }
 
 /// How many `T` tensor `t`'s bytes hold (an error if not a whole number).
@@ -188,7 +191,8 @@ fn read_into<'a, T: bytemuck::Pod>(
     t: &TensorEntry,
     buf: &'a mut Vec<u64>,
 ) -> Result<&'a mut [T]> {
-    let v = view::<T>(buf, element_count::<T>(f, t)?);
+    let v = view::<T>(buf, element_count::<T>(f, t)?)
+        .map_err(|r| r.in_tensor(f.path(), &t.name, "its data"))?;
     f.read_tensor(t, bytemuck::cast_slice_mut(v))?;
     Ok(v)
 }
@@ -213,9 +217,26 @@ fn with_tensor<T: bytemuck::Pod, R>(
 
 /// Read a tensor's bytes into a freshly allocated, suitably aligned vector of `T`.
 fn read_as<T: bytemuck::Pod + Default>(f: &SafetensorsFile, t: &TensorEntry) -> Result<Vec<T>> {
-    let mut v = vec![T::default(); element_count::<T>(f, t)?];
+    let mut v = crate::alloc::filled(element_count::<T>(f, t)?, T::default())
+        .map_err(|r| r.in_tensor(f.path(), &t.name, "its data"))?;
     f.read_tensor(t, bytemuck::cast_slice_mut(&mut v))?;
     Ok(v)
+}
+
+/// Tensor `t` read as `T` and converted element by element (into memory allocated fallibly).
+fn read_converted<T: bytemuck::Pod + Default, U>(
+    f: &SafetensorsFile,
+    t: &TensorEntry,
+    convert: impl Fn(T) -> U,
+) -> Result<Vec<U>> {
+    let v = read_as::<T>(f, t)?;
+    crate::alloc::collect(v.len(), v.into_iter().map(convert))
+        .map_err(|r| r.in_tensor(f.path(), &t.name, "its values"))
+}
+
+/// A zeroed float32 buffer for the values of tensor `t` of `f`.
+fn f32_buffer(f: &SafetensorsFile, t: &TensorEntry, len: usize) -> Result<Vec<f32>> {
+    crate::alloc::filled(len, 0f32).map_err(|r| r.in_tensor(f.path(), &t.name, "its values"))
 }
 
 fn copy_tensor(
@@ -436,14 +457,11 @@ fn find_scale<'a>(files: &'a [SafetensorsFile], name: &str) -> Option<ScaleRef<'
 fn read_scales(s: &ScaleRef<'_>) -> Result<Vec<f64>> {
     let (f, t) = (s.file, s.entry);
     Ok(match t.dtype {
-        Dtype::F32 => read_as::<f32>(f, t)?.into_iter().map(f64::from).collect(),
+        Dtype::F32 => read_converted::<f32, _>(f, t, f64::from)?,
         Dtype::F64 => read_as::<f64>(f, t)?,
-        Dtype::BF16 => read_as::<bf16>(f, t)?.into_iter().map(f64::from).collect(),
-        Dtype::F16 => read_as::<f16>(f, t)?.into_iter().map(f64::from).collect(),
-        Dtype::F8_E8M0 => read_as::<u8>(f, t)?
-            .into_iter()
-            .map(scaled::e8m0_value)
-            .collect(),
+        Dtype::BF16 => read_converted::<bf16, _>(f, t, f64::from)?,
+        Dtype::F16 => read_converted::<f16, _>(f, t, f64::from)?,
+        Dtype::F8_E8M0 => read_converted::<u8, _>(f, t, scaled::e8m0_value)?,
         other => {
             return Err(Error::type_error(format!(
                 "{}: scale tensor {:?} has dtype {other}; expected F32, BF16, F16, F64 or F8_E8M0",
@@ -687,31 +705,16 @@ fn read_f32(
 ) -> Result<Option<(Vec<f32>, Option<String>)>> {
     Ok(Some(match t.dtype {
         Dtype::F32 => (read_as::<f32>(f, t)?, None),
-        Dtype::BF16 => (
-            read_as::<bf16>(f, t)?.into_iter().map(f32::from).collect(),
-            None,
-        ),
-        Dtype::F16 => (
-            read_as::<f16>(f, t)?.into_iter().map(f32::from).collect(),
-            None,
-        ),
-        Dtype::F64 => (
-            read_as::<f64>(f, t)?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-            None,
-        ),
+        Dtype::BF16 => (read_converted::<bf16, _>(f, t, f32::from)?, None),
+        Dtype::F16 => (read_converted::<f16, _>(f, t, f32::from)?, None),
+        Dtype::F64 => (read_converted(f, t, |v: f64| v as f32)?, None),
         Dtype::F8_E8M0 => (
-            read_as::<u8>(f, t)?
-                .into_iter()
-                .map(|c| scaled::e8m0_value(c) as f32)
-                .collect(),
+            read_converted(f, t, |c: u8| scaled::e8m0_value(c) as f32)?,
             None,
         ),
         Dtype::F8_E4M3 | Dtype::F8_E5M2 => match find_scale(files, &t.name) {
             Some(scale) => {
-                let mut v = vec![0f32; t.numel()];
+                let mut v = f32_buffer(f, t, t.numel())?;
                 let g =
                     dequantize_entry(f, t, &scale, block, &mut Vec::new(), |d| d.fill_all(&mut v))?;
                 let layout = match g {
@@ -725,7 +728,7 @@ fn read_f32(
             None => {
                 let fmt = fmt_of(t.dtype).expect("FP8");
                 let codes = read_as::<u8>(f, t)?;
-                let mut v = vec![0f32; codes.len()];
+                let mut v = f32_buffer(f, t, codes.len())?;
                 crate::convert::decode_slice(&codes, &mut v, fmt)?;
                 (v, Some("none".to_string()))
             }
@@ -783,7 +786,7 @@ pub fn tensor_report(
             let (codes, scales) =
                 scaled::quantize_weight(&values, rows, cols, fmt, g, Rounding::Nearest)?;
             let scales: Vec<f64> = scales.into_iter().map(f64::from).collect();
-            let mut y = vec![0f32; codes.len()];
+            let mut y = f32_buffer(f, t, codes.len())?;
             scaled::dequantize_weight(&codes, rows, cols, fmt, &scales, g, &mut y)?;
             let (s, m) = scaled::error_metrics(&values, &y);
             r.sqnr_db = Some(s);

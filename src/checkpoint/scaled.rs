@@ -112,7 +112,7 @@ pub fn quantize_weight<T: Source>(
     g: Granularity,
     rounding: Rounding,
 ) -> Result<(Vec<u8>, Vec<f32>)> {
-    let mut codes = vec![0u8; x.len()];
+    let mut codes = crate::alloc::filled_for(x.len(), 0u8, "the FP8 codes of a weight")?;
     let scales = quantize_weight_into(x, rows, cols, fmt, g, rounding, &mut codes)?;
     Ok((codes, scales))
 }

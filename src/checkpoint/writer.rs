@@ -472,6 +472,15 @@ impl SafetensorsWriter {
         }
     }
 
+    /// The error of a refused allocation for the current tensor.
+    fn refused(&self, refused: crate::alloc::Refused, what: &str) -> Error {
+        let name = self
+            .tensors
+            .get(self.current)
+            .map_or("?", |t| t.name.as_str());
+        refused.in_tensor(self.atomic.dest(), name, what)
+    }
+
     /// Account for `n` bytes of the current tensor, after checking they fit.
     fn check_fits(&self, n: u64) -> Result<()> {
         let Some(t) = self.tensors.get(self.current) else {
@@ -538,7 +547,14 @@ impl SafetensorsWriter {
         let aligned = self.pos.is_multiple_of(std::mem::align_of::<T>() as u64);
         if self.sink.map && len > 0 && aligned {
             let io = |e| Error::io(self.context(), e);
-            let mut map = map_range(&self.sink.file, self.pos, len).map_err(io)?;
+            let mut map = map_range(&self.sink.file, self.pos, len).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::OutOfMemory {
+                    let refused = crate::alloc::Refused { bytes: len as u128 };
+                    self.refused(refused, "a map of its place in the output")
+                } else {
+                    io(e)
+                }
+            })?;
             if populate(&map).map_err(io)? {
                 let r = fill(bytemuck::cast_slice_mut(&mut map[..]))?;
                 drop(map);
@@ -550,9 +566,9 @@ impl SafetensorsWriter {
             self.sink.map = false;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
-        let words = len.div_ceil(8);
-        if scratch.len() < words {
-            scratch.resize(words, 0);
+        if let Err(refused) = crate::alloc::grow(&mut scratch, len.div_ceil(8), 0) {
+            self.scratch = scratch;
+            return Err(self.refused(refused, "its output buffer"));
         }
         let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)[..len];
         let r = fill(bytemuck::cast_slice_mut(bytes)).and_then(|r| self.write(bytes).map(|()| r));
@@ -634,8 +650,9 @@ impl SafetensorsWriter {
             let mut r = Ok(());
             while first < elements && r.is_ok() {
                 let len = piece.min(elements - first) * item;
-                if scratch.len() * 8 < len {
-                    scratch.resize(len.div_ceil(8), 0);
+                if let Err(refused) = crate::alloc::grow(&mut scratch, len.div_ceil(8), 0) {
+                    r = Err(self.refused(refused, "an output buffer"));
+                    break;
                 }
                 let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)[..len];
                 r = fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|()| {

@@ -408,6 +408,14 @@ pub(crate) fn matmul_isa(
     let (b_rs, b_cs) = (b.strides()[bsh.len() - 2], b.strides()[bsh.len() - 1]);
     let mut out = out;
     let mut tmp: Vec<f32> = Vec::new();
+    // The float32 buffer `write_one` computes a float16 / bfloat16 or column-strided output in,
+    // allocated fallibly here (its `resize` then reuses this capacity).
+    let direct = matches!(&out, Output::F32(o) if n == 1 || o.strides().last() == Some(&1));
+    if !direct && nbatch > 0 {
+        let len = m.saturating_mul(n);
+        crate::alloc::grow(&mut tmp, len, 0.0)
+            .map_err(|r| r.for_what("the float32 result of a matmul"))?;
+    }
     for bi in 0..nbatch {
         let (mut a_off, mut b_off) = (0isize, 0isize);
         let mut rest = bi;

@@ -19,6 +19,13 @@ fn config<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// Why `FP8FAST_ISA` or `FP8FAST_NUM_THREADS` was ignored (naming the variable and the values
+/// it accepts), or `None` when both are usable. The package refuses to import in that case.
+#[pyfunction]
+fn env_error() -> Option<String> {
+    arch::env_error().or_else(threads::env_error)
+}
+
 /// Force an instruction-set path (`scalar`, `avx2`, `avx512`, `avx512bf16`).
 #[pyfunction]
 fn set_isa(name: &str) -> PyResult<()> {
@@ -38,11 +45,23 @@ fn available_isas() -> Vec<&'static str> {
     arch::available().iter().map(|i| i.name()).collect()
 }
 
-/// Use `n` threads for large operations.
+/// Use `n` threads for large operations (any Python integer; outside 1..=MAX_THREADS is a
+/// `ValueError` naming the range, never an `OverflowError`).
 #[pyfunction]
-fn set_num_threads(n: i64) -> PyResult<()> {
-    let n =
-        usize::try_from(n).map_err(|_| crate::Error::value("number of threads must be >= 1"))?;
+fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
+    let range_error = || {
+        crate::Error::value(format!(
+            "number of threads must be from 1 to {}, got {}",
+            threads::MAX_THREADS,
+            n.str().map_or_else(|_| "?".into(), |s| s.to_string())
+        ))
+    };
+    let n = n
+        .extract::<i128>()
+        .ok()
+        .and_then(|v| usize::try_from(v).ok())
+        .filter(|v| (1..=threads::MAX_THREADS).contains(v))
+        .ok_or_else(range_error)?;
     threads::set_num_threads(n)?;
     Ok(())
 }
@@ -54,7 +73,9 @@ fn get_num_threads() -> usize {
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MAX_THREADS", threads::MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(config, m)?)?;
+    m.add_function(wrap_pyfunction!(env_error, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(get_isa, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;

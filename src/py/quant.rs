@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use crate::format::Format;
 use crate::quant::{self, DequantOutput, Granularity, QuantInput, Rounding, Scales};
 
-use super::{borrow_error, dtype_name, maybe_detach};
+use super::{borrow_error, dtype_name, maybe_detach, zeros};
 
 /// A seed: a Python int in [0, 2^64), or None for a fresh one from the OS-seeded hasher.
 fn parse_seed(seed: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
@@ -65,7 +65,7 @@ fn quantize_typed<'py, T: QuantInput + numpy::Element>(
     let n = view.len();
     // numpy's allocator (large arrays get huge pages) rather than a Vec: first-touch page
     // faults of a fresh 4 KiB-page allocation cost more than the quantization itself.
-    let q = PyArrayDyn::<u8>::zeros(py, IxDyn(&shape), false);
+    let q = zeros::<u8>(py, &shape)?;
     let mut qrw = q.try_readwrite().map_err(borrow_error)?;
     let qs = qrw.as_slice_mut().map_err(borrow_error)?;
     let scales = maybe_detach(py, n, || -> crate::Result<Scales> {
@@ -144,7 +144,7 @@ fn dequantize_typed<'py, T: DequantOutput + numpy::Element>(
     let n = q.len();
     let out = match out {
         // numpy's allocator, as in `quantize_typed`.
-        None => PyArrayDyn::<T>::zeros(py, IxDyn(&shape), false),
+        None => zeros::<T>(py, &shape)?,
         Some(o) => {
             let o = o.cast::<PyArrayDyn<T>>().map_err(|_| {
                 PyTypeError::new_err(format!(
@@ -344,7 +344,7 @@ fn stochastic_typed<T: QuantInput + numpy::Element>(
         if let Some(ds) = d.as_slice_mut() {
             return quant::encode_stochastic(xs, ds, fmt, saturate, seed, 0);
         }
-        let mut tmp = vec![0u8; n];
+        let mut tmp = crate::alloc::filled_for(n, 0u8, "the codes of a strided output")?;
         quant::encode_stochastic(xs, &mut tmp, fmt, saturate, seed, 0)?;
         for (o, v) in d.iter_mut().zip(tmp) {
             *o = v;

@@ -177,7 +177,7 @@ pub fn ensure_allocatable(count: usize, bytes_each: usize) -> Result<()> {
         .map(|b| probe.try_reserve_exact(b))
     {
         Some(Ok(())) => Ok(()),
-        _ => Err(Error::value(format!(
+        _ => Err(Error::memory(format!(
             "out of memory: {count} elements of {bytes_each} bytes cannot be allocated"
         ))),
     }
