@@ -420,3 +420,24 @@ def test_an_aside_copy_left_by_a_killed_run_is_never_deleted(tmp_path, templates
         _checkpoint.quantize(str(templates / "bf16"), str(tmp_path / "dst"), force=True, quiet=True)
     assert tree_hash(tmp_path / "dst") == old and tree_hash(aside) == old
     assert sorted(os.listdir(tmp_path)) == sorted(["dst", aside.name])
+
+
+def test_an_old_copy_that_cannot_be_deleted_is_a_warning_not_a_failure(tmp_path, templates, old_and_new,
+                                                                      monkeypatch, capsys):
+    # Once the new output is at DST the conversion has succeeded: failing to delete the old
+    # copy must not report an error (nor leave the gate saying nothing was written).
+    from fp8fast import _commit
+
+    _, new, base = old_and_new
+    shutil.copytree(base / "old", tmp_path / "dst")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(_commit, "_remove", refuse)
+    assert main(["quantize", str(templates / "bf16"), str(tmp_path / "dst"), "--force", "-q"]) == 0
+    err = capsys.readouterr().err
+    aside = tmp_path / f".dst.fp8fast-old-{os.getpid()}"
+    assert tree_hash(tmp_path / "dst") == new
+    assert f"fp8fast: warning: {tmp_path / 'dst'} is in place" in err and str(aside) in err
+    assert "error" not in err

@@ -304,7 +304,7 @@ class _OutputDir:
         if not self.shared:
             if os.path.lexists(self.dst) and not self.force:
                 raise ValueError(f"{self.dst} already exists (use --force to overwrite)")
-            _commit.replace(self.path, self.dst, announce=not self.quiet)
+            _commit.replace(self.path, self.dst, announce=not self.quiet, placed=self.gate.completed)
         self.gate.completed()
 
     def abort(self) -> None:

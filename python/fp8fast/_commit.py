@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Callable
 
 #: Test-only: naming a step of :func:`replace` here ("rename", "before-aside", "aside",
 #: "replaced", "done") makes the process announce it on stderr (``fp8fast-test: commit step
@@ -45,13 +46,16 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def replace(new: str, dst: str, announce: bool = True) -> None:
+def replace(new: str, dst: str, announce: bool = True, placed: Callable[[], None] = lambda: None) -> None:
     """Rename the directory ``new`` to ``dst``, replacing what is at ``dst`` (a directory, a
     file or a symbolic link, which itself is replaced, not its target) in the three steps of
-    this module's description. ``announce`` prints the aside name on stderr first."""
+    this module's description. ``announce`` prints the aside name on stderr first; ``placed``
+    is called as soon as the new output is at ``dst``. Once it is, nothing raises: an old copy
+    that cannot be deleted is reported as a warning naming it, since the conversion succeeded."""
     if not os.path.lexists(dst):
         _test_pause("rename")
         os.rename(new, dst)
+        placed()
         return
     aside = aside_path(dst)
     if os.path.lexists(aside):  # perhaps the only copy of an old DST, left by a killed run
@@ -67,6 +71,11 @@ def replace(new: str, dst: str, announce: bool = True) -> None:
     except BaseException:
         os.rename(aside, dst)
         raise
+    placed()
     _test_pause("replaced")
-    _remove(aside)
+    try:
+        _remove(aside)
+    except OSError as e:
+        print(f"fp8fast: warning: {dst} is in place, but its old copy {aside} could not be deleted "
+              f"({e}): delete it by hand", file=sys.stderr, flush=True)
     _test_pause("done")
