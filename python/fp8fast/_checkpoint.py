@@ -557,7 +557,8 @@ def quantize(
         more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
         print(f"fp8fast: warning: {block[0]}x{block[1]} blocks do not divide {len(partial)} weight(s): "
               f"{', '.join(partial[:3])}{more}; partial edge blocks are valid, but transformers' "
-              "fp8-block loader refuses these tensors", file=sys.stderr)
+              "fp8-block loader and compressed-tensors' block decompression refuse these tensors",
+              file=sys.stderr)
     with _Threads(jobs):
         if ck.single_file:
             # A lone file has no config.json: its own metadata carries the quantization config
