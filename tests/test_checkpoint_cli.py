@@ -337,6 +337,13 @@ def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, out_dir,
     assert np.array_equal(back["model.layers.0.input_layernorm.weight"], tensors["model.layers.0.input_layernorm.weight"])
 
 
+def test_partial_blocks_warn_in_one_line_even_when_quiet(tmp_path, capsys, model):
+    code, out, err = run(capsys, "quantize", str(model), str(tmp_path / "q"), "-q", "--granularity", "block",
+                         "--block", "7x7")
+    assert code == 0 and err.count("\n") == 1 and err.startswith("fp8fast: warning: 7x7 blocks do not divide")
+    assert "transformers' fp8-block loader" in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--format", "e5m2"], "compressed-tensors has no E5M2"),
     (["--format", "e5m2", "--scheme", "mxfp8"], "--layout fp8-block"),
@@ -381,6 +388,9 @@ def test_schemes_write_their_preset_and_scale_dtype(tmp_path, capsys, model, arg
 def test_quantize_checkpoint_from_python(tmp_path, model):
     r = fp8fast.quantize_checkpoint(str(model), str(tmp_path / "q"), scheme="fp8-block", block=(32, 32))
     assert r["quantized"] > 0 and r["partial_blocks"] == []
+    with pytest.warns(UserWarning, match="transformers' fp8-block loader"):
+        r = fp8fast.quantize_checkpoint(str(model), str(tmp_path / "q7"), layout="fp8-block", block=(7, 7))
+    assert r["partial_blocks"]
     r = fp8fast.dequantize_checkpoint(str(tmp_path / "q"), str(tmp_path / "back"), dtype="f32")
     assert r["dequantized"] > 0
     with pytest.raises(ValueError, match="E5M2"):

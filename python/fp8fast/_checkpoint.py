@@ -17,8 +17,9 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import _core
 
@@ -513,9 +514,11 @@ def quantize(
     quiet: bool = False,
     scheme: Optional[str] = None,
     scale_dtype: str = "auto",
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Quantize a bf16/f16/f32 checkpoint to FP8 (see ``fp8fast quantize --help`` and
-    :func:`resolve_scheme`).
+    :func:`resolve_scheme`). ``warn`` receives warnings (default: one ``fp8fast: warning:``
+    line on stderr each, printed even when ``quiet``).
 
     Returns a summary dict: ``quantized`` (count), ``files`` written, ``input_bytes``,
     ``output_bytes``, ``seconds``, ``partial_blocks`` (weights a block does not tile).
@@ -553,12 +556,15 @@ def quantize(
     quantized = 0
     qc = quantization_config(scheme, fmt, granularity, block, layout, skipped)
     partial = _partial_blocks(ck, targets, block) if granularity == "block" else []
-    if partial and not quiet:
+    if partial:
         more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
-        print(f"fp8fast: warning: {block[0]}x{block[1]} blocks do not divide {len(partial)} weight(s): "
-              f"{', '.join(partial[:3])}{more}; partial edge blocks are valid, but transformers' "
-              "fp8-block loader and compressed-tensors' block decompression refuse these tensors",
-              file=sys.stderr)
+        message = (f"{block[0]}x{block[1]} blocks do not divide {len(partial)} weight(s): "
+                   f"{', '.join(partial[:3])}{more}; partial edge blocks are valid, but transformers' "
+                   "fp8-block loader and compressed-tensors' block decompression refuse these tensors")
+        if warn is None:
+            print(f"fp8fast: warning: {message}", file=sys.stderr)
+        else:
+            warn(message)
     with _Threads(jobs):
         if ck.single_file:
             # A lone file has no config.json: its own metadata carries the quantization config
@@ -918,6 +924,12 @@ def quantize_checkpoint(
         ``quantized`` (tensor count), ``files`` written, ``input_bytes``, ``output_bytes``,
         ``seconds`` and ``partial_blocks`` (weights whose shape a block does not divide).
 
+    Warns
+    -----
+    UserWarning
+        When a block does not divide some weights: partial edge blocks are valid, but
+        transformers' fp8-block loader and compressed-tensors' block decompression refuse them.
+
     Raises
     ------
     ValueError
@@ -928,7 +940,8 @@ def quantize_checkpoint(
     """
     return quantize(src, dst, fmt=fmt, granularity=granularity, block=block, layout=layout,
                     ignore=ignore, rounding=rounding, seed=seed, jobs=jobs, force=force,
-                    quiet=not progress, scheme=scheme, scale_dtype=scale_dtype)
+                    quiet=not progress, scheme=scheme, scale_dtype=scale_dtype,
+                    warn=lambda message: warnings.warn(message, UserWarning, stacklevel=3))
 
 
 def dequantize_checkpoint(
