@@ -37,7 +37,8 @@ pub use crate::quant::{Rounding, ScaleDtype};
 /// Where the scales of a quantized checkpoint go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// vLLM / llm-compressor: `<w>_scale` (`weight_scale`), float32, `(1,)`, `(out, 1)` or blocks.
+    /// compressed-tensors (vLLM / llm-compressor): `<w>_scale` (`weight_scale`) in the weight's
+    /// dtype by default, `(1,)`, `(out, 1)`, blocks, or MX exponents `(out, in/32)` as `U8`.
     CompressedTensors,
     /// DeepSeek-V3 / transformers FineGrainedFP8: `<w>_scale_inv`, float32 blocks.
     Fp8Block,

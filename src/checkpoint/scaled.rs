@@ -1,9 +1,9 @@
 //! Scaled quantization and dequantization of one 2-D weight, as the checkpoint drivers need it.
 //!
-//! Quantization is the quantization module's ([`crate::quant::quantize`]): scale =
+//! Quantization is the quantization module's ([`crate::quant::quantize_stored`]): scale =
 //! float32(amax / max_normal) per group (NaN and ±Inf ignored in the amax; an all-zero group
-//! gets scale 1), codes = saturating encode of `x * float32(1 / scale)`, nearest or stochastic
-//! rounding.
+//! gets scale 1), rounded to the dtype the checkpoint stores it in, then codes = saturating
+//! encode of `x * float32(1 / stored scale)`, nearest or stochastic rounding; MX: E8M0 scales.
 //!
 //! Dequantization is done here, exactly: `decode(q) * scale` is formed in float64 (a 4-bit by
 //! 24-bit product, so exact) and rounded once to the output type. (The quantization module's
