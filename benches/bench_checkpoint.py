@@ -1,6 +1,8 @@
 """Checkpoint conversion benchmarks: ``fp8fast quantize`` / ``dequantize`` of a synthetic bf16
-checkpoint next to the plain numpy + ml_dtypes script (benches/numpy_checkpoint_baseline.py),
-in the same run, with the file in the page cache.
+checkpoint next to the plain numpy + ml_dtypes script (benches/numpy_checkpoint_baseline.py)
+and, when torch is installed, the plain-torch script (benches/torch_checkpoint_baseline.py),
+in the same run, with the file in the page cache. The script mode also times
+``fp8fast quantize --scale-dtype f32`` beside the default (bf16 scales for a bf16 source).
 
 asv: ``time_*`` are absolute times, ``track_*`` same-run ratios and GiB/s. The asv checkpoint is
 small (FP8FAST_BENCH_CKPT_MIB, default 256 MiB) to keep asv runs short. The issue's 2 GiB
@@ -189,10 +191,20 @@ def main() -> None:
         cases = [
             ("fp8fast quantize", fp8 + ["quantize", src, q, "-q", "--jobs", str(args.threads)], src, q),
             ("numpy   quantize", np_script + ["quantize", src, out], src, out),
+            ("fp8fast quantize f32", fp8 + ["quantize", src, out, "-q", "--jobs", str(args.threads),
+                                             "--scale-dtype", "f32"], src, out),
             ("fp8fast dequantize", fp8 + ["dequantize", q, out, "-q", "--jobs", str(args.threads)], q, out),
             ("numpy   dequantize", np_script + ["dequantize", q, out], q, out),
         ]
+        try:
+            import torch  # noqa: F401
+
+            cases.insert(3, ("torch   quantize", [sys.executable, os.path.join(HERE, "torch_checkpoint_baseline.py"),
+                                                  src, out], src, out))
+        except ImportError:
+            print("torch not installed: no plain-torch baseline")
         best = {}
+        times: dict = {}
         # Interleaved repetitions, best of each: the machine is shared and noisy, and the
         # ratios between neighbouring runs are what the targets are about.
         for _ in range(args.repeat):
@@ -205,16 +217,22 @@ def main() -> None:
                 sizes = (os.path.getsize(inp), os.path.getsize(outp))
                 if label not in best or dt < best[label][0]:
                     best[label] = (dt, max(rss, best.get(label, (0, 0))[1]), sizes)
+                times.setdefault(label, []).append(dt)
             # Keep the fp8fast-made FP8 checkpoint as the dequantize input.
             if not os.path.exists(q):
                 raise RuntimeError("quantize output missing")
-        rows = []
+        rows = {}
         for label, *_ in cases:
             dt, rss, (in_b, out_b) = best[label]
-            rows.append((label, dt))
-            print(f"{label:<20} {dt:7.2f} s  in {in_b / dt / 2**30:6.2f} GiB/s  out {out_b / dt / 2**30:6.2f} GiB/s  "
+            rows[label] = dt
+            print(f"{label:<22} {dt:7.2f} s (range {min(times[label]):.2f}-{max(times[label]):.2f})  in {in_b / dt / 2**30:6.2f} GiB/s  out {out_b / dt / 2**30:6.2f} GiB/s  "
                   f"peak RSS {rss / 2**20:7.0f} MiB ({'within' if rss < bound else 'ABOVE'} bound)")
-        print(f"speed-up vs numpy: quantize {rows[1][1] / rows[0][1]:.1f}x, dequantize {rows[3][1] / rows[2][1]:.1f}x")
+        fq = rows["fp8fast quantize"]
+        print(f"speed-up vs numpy: quantize {rows['numpy   quantize'] / fq:.1f}x, "
+              f"dequantize {rows['numpy   dequantize'] / rows['fp8fast dequantize']:.1f}x")
+        if "torch   quantize" in rows:
+            print(f"speed-up vs torch: quantize {rows['torch   quantize'] / fq:.1f}x")
+        print(f"bf16 scales (default) vs f32 scales: {rows['fp8fast quantize f32'] / fq:.2f}x")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

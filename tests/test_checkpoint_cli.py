@@ -340,3 +340,65 @@ def test_dequantize_writes_the_same_bytes_on_every_write_path(tmp_path, out_dir,
             s = np.repeat(np.repeat(s, 128, axis=0), 128, axis=1)[: codes.shape[0], : codes.shape[1]]
         assert np.array_equal(back[name], (codes * s).astype(np.float32)), name
     assert np.array_equal(back["model.layers.0.input_layernorm.weight"], tensors["model.layers.0.input_layernorm.weight"])
+
+
+def test_partial_blocks_warn_in_one_line_even_when_quiet(tmp_path, capsys, model):
+    code, out, err = run(capsys, "quantize", str(model), str(tmp_path / "q"), "-q", "--granularity", "block",
+                         "--block", "7x7")
+    assert code == 0 and err.count("\n") == 1 and err.startswith("fp8fast: warning: 7x7 blocks do not divide")
+    assert "transformers' fp8-block loader" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--format", "e5m2"], "compressed-tensors has no E5M2"),
+    (["--format", "e5m2", "--scheme", "mxfp8"], "--layout fp8-block"),
+    (["--scheme", "fp8-dynamic", "--granularity", "tensor"], "--scheme fp8-dynamic has channel weight scales"),
+    (["--scheme", "mxfp8", "--layout", "fp8-block"], "needs --layout compressed-tensors"),
+    (["--scheme", "mxfp8", "--scale-dtype", "f32"], "E8M0"),
+])
+def test_contradictory_schemes_are_refused_in_one_line(tmp_path, capsys, model, argv, message):
+    code, out, err = run(capsys, "quantize", str(model), str(tmp_path / "q"), *argv)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("fp8fast: error: ") and message in err, err
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("argv,group_format,strategy,inputs,scale_dtype", [
+    ([], "float-quantized", "channel", "token", "BF16"),
+    (["--scheme", "fp8-block"], "float-quantized", "block", "group", "BF16"),
+    (["--scheme", "fp8-weight-only", "--granularity", "tensor"], "naive-quantized", "tensor", None, "BF16"),
+    (["--granularity", "tensor", "--scale-dtype", "f32"], "naive-quantized", "tensor", None, "F32"),
+    (["--scheme", "mxfp8"], "mxfp8-quantized", "group", "group", "U8"),
+    (["--scheme", "mxfp8-weight-only"], "mxfp8-quantized", "group", None, "U8"),
+])
+def test_schemes_write_their_preset_and_scale_dtype(tmp_path, capsys, model, argv, group_format, strategy,
+                                                    inputs, scale_dtype):
+    """The compressed-tensors fields that decide how clients run the model (the whole config is
+    compared with compressed-tensors' own in test_interop.py)."""
+    q = tmp_path / "q"
+    code, out, err = run(capsys, "quantize", str(model), str(q), "-q", *argv)
+    assert code == 0, err
+    qc = json.loads((q / "config.json").read_text())["quantization_config"]
+    group = qc["config_groups"]["group_0"]
+    assert qc["format"] == group["format"] == group_format
+    assert group["weights"]["strategy"] == strategy
+    assert (group["input_activations"] or {}).get("strategy") == inputs
+    assert "fp8_format" not in qc and qc["version"] and qc["sparsity_config"] == {}
+    headers = [fp8fast._core.read_header(str(p))[1] for p in sorted(q.glob("*.safetensors"))]
+    dtypes = {row[1] for rows in headers for row in rows if row[0].endswith("_scale")}
+    assert dtypes == {scale_dtype}
+    code, out, err = run(capsys, "dequantize", str(q), str(tmp_path / "back"), "-q")
+    assert code == 0, err
+
+
+def test_quantize_checkpoint_from_python(tmp_path, model):
+    r = fp8fast.quantize_checkpoint(str(model), str(tmp_path / "q"), scheme="fp8-block", block=(32, 32))
+    assert r["quantized"] > 0 and r["partial_blocks"] == []
+    with pytest.warns(UserWarning, match="transformers' fp8-block loader"):
+        r = fp8fast.quantize_checkpoint(str(model), str(tmp_path / "q7"), layout="fp8-block", block=(7, 7))
+    assert r["partial_blocks"]
+    r = fp8fast.dequantize_checkpoint(str(tmp_path / "q"), str(tmp_path / "back"), dtype="f32")
+    assert r["dequantized"] > 0
+    with pytest.raises(ValueError, match="E5M2"):
+        fp8fast.quantize_checkpoint(str(model), str(tmp_path / "e5"), fmt="e5m2")
+    assert not (tmp_path / "e5").exists()
+    assert "quantize_checkpoint" in fp8fast.__all__ and "dequantize_checkpoint" in dir(fp8fast)

@@ -76,9 +76,12 @@ _EXPORTS = {
     "dequantize": "_quant",
     "quant_error": "_quant",
     "quantize": "_quant",
+    "dequantize_checkpoint": "_checkpoint",
+    "quantize_checkpoint": "_checkpoint",
 }
 
 if TYPE_CHECKING:
+    from ._checkpoint import dequantize_checkpoint, quantize_checkpoint
     from ._codec import BFLOAT16, E4M3, E5M2, decode, encode, from_e4m3, from_e5m2, to_e4m3, to_e5m2
     from ._config import available_isas, get_isa, get_num_threads, set_isa, set_num_threads, show_config
     from ._gemm import linear, matmul
@@ -96,6 +99,7 @@ __all__ = [
     "available_isas",
     "decode",
     "dequantize",
+    "dequantize_checkpoint",
     "encode",
     "from_e4m3",
     "from_e5m2",
@@ -106,6 +110,7 @@ __all__ = [
     "matmul",
     "quant_error",
     "quantize",
+    "quantize_checkpoint",
     "safe_open",
     "save_file",
     "set_isa",

@@ -18,12 +18,13 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import _commit, _core, _interrupt, _paths
 
-__all__ = ["dequantize", "inspect", "quantize"]
+__all__ = ["dequantize", "dequantize_checkpoint", "inspect", "quantize", "quantize_checkpoint"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,10 +446,88 @@ def select_targets(ck: Checkpoint, ignore: Sequence[str] = ()) -> Tuple[Dict[str
     return targets, sorted(skipped)
 
 
+#: The compressed-tensors release whose ``config.json`` format the compressed-tensors layout
+#: follows (written as the config's ``version``, as compressed-tensors' own compressor does).
+COMPRESSED_TENSORS_VERSION = "0.20.1"
+
+#: ``--scheme`` names: compressed-tensors' presets (``preset_name_to_scheme``), and the weight
+#: granularities each allows (the first is its default).
+SCHEMES: Dict[str, Tuple[str, ...]] = {
+    "fp8-dynamic": ("channel",),  # FP8_DYNAMIC: channel weights, dynamic per-token activations
+    "fp8-block": ("block",),  # FP8_BLOCK: block weights, dynamic per-group activations
+    "fp8-weight-only": ("channel", "tensor"),  # W8A16: FP8 weights, activations unquantized
+    "mxfp8": ("mx",),  # MXFP8: E8M0 scales per 32 weights, dynamic MX activations
+    "mxfp8-weight-only": ("mx",),  # MXFP8A16
+}
+
+SCALE_DTYPES = ("auto", "bf16", "f16", "f32")
+
+
+def resolve_scheme(
+    scheme: Optional[str], fmt: str, granularity: Optional[str], layout: Optional[str]
+) -> Tuple[Optional[str], str, str]:
+    """Reconcile ``--scheme``, ``--granularity``, ``--layout`` and ``--format``: returns
+    ``(scheme, layout, granularity)``, ``scheme`` None for the fp8-block layout.
+
+    Without ``--scheme``, ``--granularity`` keeps its meaning: channel (the default) is
+    fp8-dynamic, tensor is fp8-weight-only (the one tensor-weight scheme that needs no
+    calibrated activation scale), block is the fp8-block layout (or the fp8-block scheme with
+    ``--layout compressed-tensors``).
+    """
+    if scheme is not None and scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    if granularity is not None and granularity not in ("tensor", "channel", "block", "mx"):
+        raise ValueError(f"unknown granularity {granularity!r}: expected tensor, channel, block or mx")
+    if layout is not None and layout not in ("compressed-tensors", "fp8-block"):
+        raise ValueError(f"unknown layout {layout!r}: expected compressed-tensors or fp8-block")
+    if fmt not in ("e4m3", "e5m2"):
+        raise ValueError(f"unknown format {fmt!r}: expected e4m3 or e5m2")
+    if layout is None:
+        layout = "fp8-block" if scheme is None and granularity == "block" else "compressed-tensors"
+    if layout == "fp8-block":
+        if scheme not in (None, "fp8-block"):
+            raise ValueError(f"the fp8-block layout stores 2-D block scales: --scheme {scheme} needs "
+                             "--layout compressed-tensors")
+        if granularity not in (None, "block"):
+            raise ValueError("the fp8-block layout stores 2-D block scales: use --granularity block")
+        return None, layout, "block"
+    if fmt == "e5m2":
+        raise ValueError("compressed-tensors has no E5M2 (its 8-bit float is always E4M3): use "
+                         "--layout fp8-block (DeepSeek block scales, \"fmt\": \"e5m2\") for E5M2")
+    if scheme is None:
+        scheme = {None: "fp8-dynamic", "channel": "fp8-dynamic", "tensor": "fp8-weight-only",
+                  "block": "fp8-block", "mx": "mxfp8"}[granularity]
+    allowed = SCHEMES[scheme]
+    if granularity is None:
+        granularity = allowed[0]
+    elif granularity not in allowed:
+        raise ValueError(f"--scheme {scheme} has {' or '.join(allowed)} weight scales, not {granularity}")
+    return scheme, layout, granularity
+
+
+def _ct_args(strategy: str, dynamic: bool, group_size: Optional[int] = None,
+             block: Optional[Tuple[int, int]] = None, mx: bool = False) -> Dict[str, Any]:
+    """One compressed-tensors ``QuantizationArgs`` of an 8-bit float, serialized as
+    compressed-tensors does (fields left unset are omitted)."""
+    args: Dict[str, Any] = {"num_bits": 8, "type": "float", "symmetric": True,
+                            "group_size": group_size, "strategy": strategy, "dynamic": dynamic}
+    if block is not None:
+        args["block_structure"] = list(block)
+    if mx:
+        args["scale_dtype"] = "torch.uint8"
+    if not dynamic:
+        # The observer llm-compressor records for weights (compressed-tensors omits unset ones).
+        args["observer"] = "memoryless_minmax"
+    return args
+
+
 def quantization_config(
-    fmt: str, granularity: str, block: Tuple[int, int], layout: str, ignore: List[str]
+    scheme: Optional[str], fmt: str, granularity: str, block: Tuple[int, int], layout: str,
+    ignore: List[str],
 ) -> Dict[str, Any]:
-    """The ``quantization_config`` vLLM / transformers expect for the chosen layout."""
+    """The ``quantization_config`` of ``config.json`` for the layout: for compressed-tensors,
+    exactly what compressed-tensors' ``ModelCompressor`` writes for the scheme's preset (as
+    llm-compressor produces it); for fp8-block, transformers' FineGrainedFP8 config."""
     if layout == "fp8-block":
         return {
             "quant_method": "fp8",
@@ -457,32 +536,69 @@ def quantization_config(
             "weight_block_size": list(block),
             "modules_to_not_convert": ignore,
         }
-    weights: Dict[str, Any] = {
-        "num_bits": 8,
-        "type": "float",
-        "strategy": granularity,
-        "symmetric": True,
-        "dynamic": False,
-        "group_size": None,
-        "observer": "minmax",
-    }
-    if granularity == "block":
-        weights["block_structure"] = list(block)
+    if scheme is None or scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}")
+    mx = scheme.startswith("mxfp8")
+    if mx:
+        weights = _ct_args("group", False, group_size=32, mx=True)
+    elif granularity == "block":
+        weights = _ct_args("block", False, block=block)
+    else:
+        weights = _ct_args(granularity, False)
+    inputs: Optional[Dict[str, Any]] = None
+    if scheme == "fp8-dynamic":
+        inputs = _ct_args("token", True)
+    elif scheme == "fp8-block":
+        # Activations grouped along K like the weights' blocks (128 for the preset's 128x128).
+        inputs = _ct_args("group", True, group_size=block[1])
+    elif scheme == "mxfp8":
+        inputs = _ct_args("group", True, group_size=32, mx=True)
+    # compressed-tensors' format inference: MX first, float-quantized needs activations,
+    # weight-only falls back to naive-quantized.
+    fmt_name = "mxfp8-quantized" if mx else ("float-quantized" if inputs else "naive-quantized")
     return {
+        "version": COMPRESSED_TENSORS_VERSION,
         "quant_method": "compressed-tensors",
-        "format": "float-quantized",
-        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "transform_config": {},
         "config_groups": {
             "group_0": {
                 "targets": ["Linear"],
                 "weights": weights,
-                "input_activations": None,
+                "input_activations": inputs,
                 "output_activations": None,
+                "format": fmt_name,
             }
         },
+        "format": fmt_name,
+        "global_compression_ratio": None,
         "ignore": ignore,
-        "fp8_format": fmt,
+        "kv_cache_scheme": None,
+        "moe_sparsity_config": None,
+        "quantization_status": "compressed",
     }
+
+
+def _scale_itemsize(dtype: str, granularity: str, layout: str, scale_dtype: str) -> int:
+    """Bytes per scale of a weight of safetensors dtype ``dtype`` (see the Rust driver)."""
+    if granularity == "mx":
+        return 1
+    if scale_dtype == "auto":
+        if layout == "fp8-block":
+            return 4
+        return {"BF16": 2, "F16": 2}.get(dtype, 4)
+    return {"bf16": 2, "f16": 2, "f32": 4}[scale_dtype]
+
+
+def _partial_blocks(ck: Checkpoint, targets: Dict[str, List[str]], block: Tuple[int, int]) -> List[str]:
+    """The target weights a block does not tile exactly (``name (rows, cols)``)."""
+    out = []
+    for s in ck.shards:
+        wanted = set(targets.get(s, ()))
+        for name, _, shape, _, _ in ck.headers[s][1]:
+            if name in wanted and (shape[0] % block[0] or shape[1] % block[1]):
+                out.append(f"{name} ({shape[0]}, {shape[1]})")
+    return out
 
 
 def quantize(
@@ -490,7 +606,7 @@ def quantize(
     dst: str,
     *,
     fmt: str = "e4m3",
-    granularity: str = "channel",
+    granularity: Optional[str] = None,
     block: Tuple[int, int] = (128, 128),
     layout: Optional[str] = None,
     ignore: Sequence[str] = (),
@@ -500,22 +616,22 @@ def quantize(
     shard: Optional[Tuple[int, int]] = None,
     force: bool = False,
     quiet: bool = False,
+    scheme: Optional[str] = None,
+    scale_dtype: str = "auto",
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
-    """Quantize a bf16/f16/f32 checkpoint to FP8 (see ``fp8fast quantize --help``).
+    """Quantize a bf16/f16/f32 checkpoint to FP8 (see ``fp8fast quantize --help`` and
+    :func:`resolve_scheme`). ``warn`` receives warnings (default: one ``fp8fast: warning:``
+    line on stderr each, printed even when ``quiet``).
 
     Returns a summary dict: ``quantized`` (count), ``files`` written, ``input_bytes``,
-    ``output_bytes``, ``seconds``.
+    ``output_bytes``, ``seconds``, ``partial_blocks`` (weights a block does not tile).
     """
-    if granularity not in ("tensor", "channel", "block"):
-        raise ValueError(f"unknown granularity {granularity!r}: expected tensor, channel or block")
-    if layout is None:
-        layout = "fp8-block" if granularity == "block" else "compressed-tensors"
-    if layout not in ("compressed-tensors", "fp8-block"):
-        raise ValueError(f"unknown layout {layout!r}: expected compressed-tensors or fp8-block")
-    if layout == "fp8-block" and granularity != "block":
-        raise ValueError("the fp8-block layout stores 2-D block scales: use --granularity block")
-    if fmt not in ("e4m3", "e5m2"):
-        raise ValueError(f"unknown format {fmt!r}: expected e4m3 or e5m2")
+    scheme, layout, granularity = resolve_scheme(scheme, fmt, granularity, layout)
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"unknown scale dtype {scale_dtype!r}: expected {', '.join(SCALE_DTYPES)}")
+    if granularity == "mx" and scale_dtype != "auto":
+        raise ValueError(f"--scale-dtype {scale_dtype}: MX scales are E8M0 exponents stored as uint8")
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"unknown rounding {rounding!r}: expected nearest or stochastic")
     if rounding == "stochastic" and seed is None:
@@ -531,7 +647,8 @@ def quantize(
     if ck.single_file:
         dst = _single_file_destination(ck, dst, shard)
         if dst is None:
-            return {"quantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0}
+            return {"quantized": 0, "files": [], "input_bytes": 0, "output_bytes": 0, "seconds": 0.0,
+                    "partial_blocks": []}
         shard = None
     _check_destination(ck, dst, shard, force or shard is not None)
     targets, skipped = select_targets(ck, ignore)
@@ -541,7 +658,17 @@ def quantize(
     files: List[str] = []
     out_bytes = 0
     quantized = 0
-    qc = quantization_config(fmt, granularity, block, layout, skipped)
+    qc = quantization_config(scheme, fmt, granularity, block, layout, skipped)
+    partial = _partial_blocks(ck, targets, block) if granularity == "block" else []
+    if partial:
+        more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
+        message = (f"{block[0]}x{block[1]} blocks do not divide {len(partial)} weight(s): "
+                   f"{', '.join(partial[:3])}{more}; partial edge blocks are valid, but transformers' "
+                   "fp8-block loader and compressed-tensors' block decompression refuse these tensors")
+        if warn is None:
+            print(f"fp8fast: warning: {message}", file=sys.stderr)
+        else:
+            warn(message)
     with _Threads(jobs), _single_file_writing(ck, dst):
         if ck.single_file:
             # A lone file has no config.json: its own metadata carries the quantization config
@@ -550,30 +677,32 @@ def quantize(
             meta = dict(ck.headers[s][2] or {})
             meta[METADATA_KEY] = json.dumps(qc, sort_keys=True)
             r = _core.quantize_file(ck.path(s), dst, targets[s], fmt, granularity, block, layout,
-                                    meta, force, bar, seed)
+                                    meta, force, bar, seed, scale_dtype)
             bar.finish()
             return {"quantized": len(r["converted"]), "files": [dst], "input_bytes": nbytes,
-                    "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0}
+                    "output_bytes": r["output_bytes"], "seconds": time.perf_counter() - t0,
+                    "partial_blocks": partial}
         try:
             with _OutputDir(dst, force, shard is not None, quiet) as out:
                 plans: Dict[str, List[str]] = {}
                 total_size = 0
                 for s in ck.shards:
                     names = []
-                    for name, _, shape, start, end in ck.headers[s][1]:
+                    for name, dtype_, shape, start, end in ck.headers[s][1]:
                         names.append(name)
                         if name in targets[s]:
                             rows_, cols_ = shape
                             names.append(name + ("_scale_inv" if layout == "fp8-block" else "_scale"))
-                            nscale = {"tensor": 1, "channel": rows_,
+                            nscale = {"tensor": 1, "channel": rows_, "mx": rows_ * -(-cols_ // 32),
                                       "block": -(-rows_ // block[0]) * -(-cols_ // block[1])}[granularity]
-                            total_size += rows_ * cols_ + 4 * nscale
+                            itemsize = _scale_itemsize(dtype_, granularity, layout, scale_dtype)
+                            total_size += rows_ * cols_ + itemsize * nscale
                         else:
                             total_size += end - start
                     plans[s] = names
                 for s in shards:
                     r = _core.quantize_file(ck.path(s), out.file(s), targets[s], fmt, granularity, block,
-                                            layout, None, force or shard is None, bar, seed)
+                                            layout, None, force or shard is None, bar, seed, scale_dtype)
                     nbytes_out, count = _shard_done(ck, s, out, r, bar, files)
                     out_bytes += nbytes_out
                     quantized += count
@@ -582,7 +711,7 @@ def quantize(
         finally:
             bar.finish()
     return {"quantized": quantized, "files": files, "input_bytes": nbytes,
-            "output_bytes": out_bytes, "seconds": time.perf_counter() - t0}
+            "output_bytes": out_bytes, "seconds": time.perf_counter() - t0, "partial_blocks": partial}
 
 
 def _write_model_files(
@@ -832,3 +961,130 @@ def inspect(
     if qc:
         print(f"quantization_config: {json.dumps(qc, sort_keys=True)[:200]}", file=out)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The script-facing entry points (``fp8fast.quantize_checkpoint`` / ``dequantize_checkpoint``).
+
+
+def quantize_checkpoint(
+    src: str,
+    dst: str,
+    *,
+    scheme: Optional[str] = None,
+    fmt: str = "e4m3",
+    granularity: Optional[str] = None,
+    block: Tuple[int, int] = (128, 128),
+    layout: Optional[str] = None,
+    scale_dtype: str = "auto",
+    ignore: Sequence[str] = (),
+    rounding: str = "nearest",
+    seed: Optional[int] = None,
+    jobs: Optional[int] = None,
+    force: bool = False,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Quantize a bf16/f16/f32 safetensors checkpoint to FP8, as ``fp8fast quantize`` does.
+
+    Parameters
+    ----------
+    src : str
+        A ``.safetensors`` file, a sharded checkpoint's folder or index, or a model directory.
+    dst : str
+        The output file (for a single-file ``src``) or directory; must not exist unless
+        ``force``.
+    scheme : {"fp8-dynamic", "fp8-block", "fp8-weight-only", "mxfp8", "mxfp8-weight-only"}, optional
+        The compressed-tensors preset (FP8_DYNAMIC, FP8_BLOCK, W8A16 with FP8 weights, MXFP8,
+        MXFP8A16) whose ``quantization_config`` is written. Default: from ``granularity``
+        (channel or unset: fp8-dynamic; tensor: fp8-weight-only; block: the fp8-block layout).
+    fmt : {"e4m3", "e5m2"}
+        FP8 format; E5M2 only in the fp8-block layout (compressed-tensors cannot express it).
+    granularity : {"tensor", "channel", "block"}, optional
+        Weight scale granularity; must be one the scheme allows.
+    block : tuple of int
+        Block size (rows, cols) of block scales.
+    layout : {"compressed-tensors", "fp8-block"}, optional
+        Where scales go: ``<weight>_scale`` with a compressed-tensors config, or DeepSeek's
+        ``<weight>_scale_inv`` with ``quant_method: fp8``.
+    scale_dtype : {"auto", "bf16", "f16", "f32"}
+        Stored scale dtype; ``auto`` is the weight's dtype for compressed-tensors and float32 for
+        fp8-block. Codes are computed against the scale as stored.
+    ignore : sequence of str
+        Regular expressions (``re.search``) of weights to leave unquantized.
+    rounding : {"nearest", "stochastic"}
+        Rounding of the codes; ``seed`` seeds stochastic rounding.
+    seed : int, optional
+        Seed of stochastic rounding (random when omitted).
+    jobs : int, optional
+        Worker threads (default: all cores).
+    force : bool
+        Replace an existing ``dst``.
+    progress : bool
+        Show the progress bar on a terminal's stderr.
+
+    Returns
+    -------
+    dict
+        ``quantized`` (tensor count), ``files`` written, ``input_bytes``, ``output_bytes``,
+        ``seconds`` and ``partial_blocks`` (weights whose shape a block does not divide).
+
+    Warns
+    -----
+    UserWarning
+        When a block does not divide some weights: partial edge blocks are valid, but
+        transformers' fp8-block loader and compressed-tensors' block decompression refuse them.
+
+    Raises
+    ------
+    ValueError
+        An unknown or contradictory option (E5M2 with compressed-tensors), a malformed or
+        already quantized source, or an existing ``dst`` without ``force``.
+    OSError
+        A file cannot be read or written.
+    """
+    return quantize(src, dst, fmt=fmt, granularity=granularity, block=block, layout=layout,
+                    ignore=ignore, rounding=rounding, seed=seed, jobs=jobs, force=force,
+                    quiet=not progress, scheme=scheme, scale_dtype=scale_dtype,
+                    warn=lambda message: warnings.warn(message, UserWarning, stacklevel=3))
+
+
+def dequantize_checkpoint(
+    src: str,
+    dst: str,
+    *,
+    dtype: str = "bf16",
+    jobs: Optional[int] = None,
+    force: bool = False,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Dequantize an FP8 checkpoint to bf16/f16/f32, as ``fp8fast dequantize`` does.
+
+    Parameters
+    ----------
+    src : str
+        An FP8 checkpoint: compressed-tensors (tensor, channel, block or MX scales) or fp8-block
+        (DeepSeek ``weight_scale_inv``) layout.
+    dst : str
+        The output file or directory; must not exist unless ``force``.
+    dtype : {"bf16", "f16", "f32"}
+        Output dtype; each value is ``decode(q) * scale`` rounded once.
+    jobs : int, optional
+        Worker threads (default: all cores).
+    force : bool
+        Replace an existing ``dst``.
+    progress : bool
+        Show the progress bar on a terminal's stderr.
+
+    Returns
+    -------
+    dict
+        ``dequantized`` (tensor count), ``files``, ``input_bytes``, ``output_bytes``, ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        An unknown dtype, a malformed checkpoint or an FP8 tensor without its scale.
+    OSError
+        A file cannot be read or written.
+    """
+    return dequantize(src, dst, dtype=dtype, jobs=jobs, force=force, quiet=not progress)

@@ -42,6 +42,7 @@ def quantize_file(
     overwrite: bool = False,
     progress: object | None = None,
     seed: int | None = None,
+    scale_dtype: str = "auto",
 ) -> dict[str, object]: ...
 def dequantize_file(
     src: str,

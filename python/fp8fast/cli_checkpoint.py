@@ -24,7 +24,9 @@ from ._argtypes import ArgumentParser, positive_int
 
 EXAMPLES = """\
 examples:
-  fp8fast quantize ./Llama-3-8B ./Llama-3-8B-FP8                        # per-channel, compressed-tensors
+  fp8fast quantize ./Llama-3-8B ./Llama-3-8B-FP8                        # FP8_DYNAMIC, compressed-tensors
+  fp8fast quantize ./model ./model-fp8 --scheme fp8-block                # FP8_BLOCK, compressed-tensors
+  fp8fast quantize ./model ./model-fp8 --scheme mxfp8-weight-only        # MXFP8A16
   fp8fast quantize ./model ./model-fp8 --granularity block               # 128x128 blocks, fp8-block (DeepSeek) layout
   fp8fast quantize model.safetensors out.safetensors --ignore 'mlp\\.down_proj'
   fp8fast quantize ./big ./big-fp8 --shard 3/8                            # job 3 of 8
@@ -88,6 +90,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         args.src, args.dst, fmt=args.format, granularity=args.granularity, block=args.block,
         layout=args.layout, ignore=args.ignore or (), rounding=args.rounding, seed=args.seed,
         jobs=args.jobs, shard=args.shard, force=args.force, quiet=args.quiet,
+        scheme=args.scheme, scale_dtype=args.scale_dtype,
     )
     _report(args, "quantized", r["quantized"], r)
     return 0
@@ -136,12 +139,23 @@ def add_subcommands(subparsers: Any) -> None:
         epilog=EXAMPLES, formatter_class=fmt,
     )
     _common(p)
-    p.add_argument("--format", choices=["e4m3", "e5m2"], default="e4m3", help="FP8 format (default e4m3)")
-    p.add_argument("--granularity", choices=["tensor", "channel", "block"], default="channel",
-                   help="one scale per tensor, per output channel, or per block (default channel)")
+    p.add_argument("--scheme", choices=list(_checkpoint.SCHEMES), default=None,
+                   help="compressed-tensors preset: fp8-dynamic (FP8_DYNAMIC, the default: channel weights, "
+                        "dynamic per-token FP8 activations), fp8-block (FP8_BLOCK), fp8-weight-only (W8A16, "
+                        "channel or --granularity tensor), mxfp8 (MXFP8), mxfp8-weight-only (MXFP8A16)")
+    p.add_argument("--format", choices=["e4m3", "e5m2"], default="e4m3",
+                   help="FP8 format (default e4m3; e5m2 only in the fp8-block layout)")
+    p.add_argument("--granularity", choices=["tensor", "channel", "block"], default=None,
+                   help="one scale per tensor, per output channel, or per block (default: the scheme's; "
+                        "without --scheme: channel = fp8-dynamic, tensor = fp8-weight-only, "
+                        "block = the fp8-block layout)")
     p.add_argument("--block", type=_block, default=(128, 128), metavar="RxC", help="block size (default 128x128)")
     p.add_argument("--layout", choices=["compressed-tensors", "fp8-block"], default=None,
-                   help="scale layout (default: compressed-tensors for tensor/channel, fp8-block for block)")
+                   help="scale layout (default: fp8-block for --granularity block without --scheme, "
+                        "else compressed-tensors)")
+    p.add_argument("--scale-dtype", choices=list(_checkpoint.SCALE_DTYPES), default="auto",
+                   help="dtype of the stored scales; codes are computed against the scale as stored "
+                        "(default auto: the weight's dtype for compressed-tensors, float32 for fp8-block)")
     p.add_argument("--ignore", action="append", metavar="REGEX",
                    help="leave tensors whose name matches REGEX unquantized (repeatable)")
     p.add_argument("--rounding", choices=["nearest", "stochastic"], default="nearest", help="rounding (default nearest)")

@@ -32,12 +32,14 @@ pub use writer::{OutTensor, SafetensorsWriter};
 use crate::alloc::Refused;
 use crate::error::{Error, Result};
 use crate::format::Format;
-pub use crate::quant::Rounding;
+use crate::quant;
+pub use crate::quant::{Rounding, ScaleDtype};
 
 /// Where the scales of a quantized checkpoint go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// vLLM / llm-compressor: `<w>_scale` (`weight_scale`), float32, `(1,)`, `(out, 1)` or blocks.
+    /// compressed-tensors (vLLM / llm-compressor): `<w>_scale` (`weight_scale`) in the weight's
+    /// dtype by default, `(1,)`, `(out, 1)`, blocks, or MX exponents `(out, in/32)` as `U8`.
     CompressedTensors,
     /// DeepSeek-V3 / transformers FineGrainedFP8: `<w>_scale_inv`, float32 blocks.
     Fp8Block,
@@ -65,6 +67,54 @@ pub struct QuantizeOptions {
     /// Nearest, or stochastic with a seed; each tensor's stream is keyed by the seed and the
     /// tensor's name (see [`tensor_seed`]), so results do not depend on sharding or threads.
     pub rounding: Rounding,
+    /// The dtype float scales are stored in (the codes are computed against the stored
+    /// scale); `None`: the weight's own dtype in the compressed-tensors layout (as
+    /// compressed-tensors keeps it), float32 in the fp8-block layout. MX scales are E8M0
+    /// exponents stored as `U8`, as compressed-tensors' `mxfp8-quantized` format has them.
+    pub scale_dtype: Option<ScaleDtype>,
+}
+
+impl QuantizeOptions {
+    /// The dtype the scales of a weight of dtype `weight` are stored in.
+    fn scale_store(&self, weight: Dtype) -> ScaleDtype {
+        match (self.scale_dtype, self.layout, weight) {
+            (Some(s), ..) => s,
+            (None, Layout::Fp8Block, _) => ScaleDtype::F32,
+            (None, Layout::CompressedTensors, Dtype::BF16) => ScaleDtype::BF16,
+            (None, Layout::CompressedTensors, Dtype::F16) => ScaleDtype::F16,
+            (None, Layout::CompressedTensors, _) => ScaleDtype::F32,
+        }
+    }
+
+    /// The safetensors dtype of the scales of a weight of dtype `weight`.
+    fn scale_file_dtype(&self, weight: Dtype) -> Dtype {
+        if self.granularity == Granularity::Mx {
+            return Dtype::U8;
+        }
+        match self.scale_store(weight) {
+            ScaleDtype::F32 => Dtype::F32,
+            ScaleDtype::BF16 => Dtype::BF16,
+            ScaleDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// The bytes of `scales` as stored in `store` (float scales are exactly representable in it).
+fn scale_bytes(scales: quant::Scales, store: ScaleDtype) -> Vec<u8> {
+    match scales {
+        quant::Scales::E8M0(codes) => codes,
+        quant::Scales::F32(s) => match store {
+            ScaleDtype::F32 => bytemuck::cast_slice(&s).to_vec(),
+            ScaleDtype::BF16 => {
+                let v: Vec<bf16> = s.iter().map(|&x| bf16::from_f32(x)).collect();
+                bytemuck::cast_slice(&v).to_vec()
+            }
+            ScaleDtype::F16 => {
+                let v: Vec<f16> = s.iter().map(|&x| f16::from_f32(x)).collect();
+                bytemuck::cast_slice(&v).to_vec()
+            }
+        },
+    }
 }
 
 /// The stochastic-rounding seed of tensor `name`: `seed` mixed with the FNV-1a hash of the
@@ -295,9 +345,9 @@ pub fn quantize_file(
     overwrite: bool,
     progress: ProgressFn<'_>,
 ) -> Result<Summary> {
-    if opts.granularity == Granularity::Mx {
+    if opts.granularity == Granularity::Mx && opts.layout != Layout::CompressedTensors {
         return Err(Error::value(
-            "MX granularity is not supported for checkpoints yet",
+            "MX scales are stored in the compressed-tensors layout only",
         ));
     }
     if opts.layout == Layout::Fp8Block && !matches!(opts.granularity, Granularity::Block(..)) {
@@ -344,7 +394,7 @@ pub fn quantize_file(
             ));
             plan.push(OutTensor::new(
                 scale_name,
-                Dtype::F32,
+                opts.scale_file_dtype(t.dtype),
                 opts.granularity.scale_shape(rows, cols),
             ));
         } else {
@@ -363,6 +413,7 @@ pub fn quantize_file(
         if targets.contains(t.name.as_str()) {
             let (rows, cols) = matrix_dims(&f, t)?;
             let (fmt, g) = (opts.format, opts.granularity);
+            let store = opts.scale_store(t.dtype);
             let rounding = match opts.rounding {
                 Rounding::Stochastic { seed } => Rounding::Stochastic {
                     seed: tensor_seed(seed, &t.name),
@@ -371,16 +422,16 @@ pub fn quantize_file(
             };
             let scales = w.write_tensor_with(t.numel(), |codes: &mut [u8]| match t.dtype {
                 Dtype::BF16 => with_tensor(&f, t, &mut input, |x: &[bf16]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
                 }),
                 Dtype::F16 => with_tensor(&f, t, &mut input, |x: &[f16]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
                 }),
                 _ => with_tensor(&f, t, &mut input, |x: &[f32]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, codes)
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
                 }),
             })?;
-            w.write(bytemuck::cast_slice(&scales))?;
+            w.write(&scale_bytes(scales, store))?;
             summary.converted.push(t.name.clone());
         } else {
             copy_tensor(&f, t, &mut w, &mut buf)?;
@@ -461,10 +512,10 @@ fn read_scales(s: &ScaleRef<'_>) -> Result<Vec<f64>> {
         Dtype::F64 => read_as::<f64>(f, t)?,
         Dtype::BF16 => read_converted::<bf16, _>(f, t, f64::from)?,
         Dtype::F16 => read_converted::<f16, _>(f, t, f64::from)?,
-        Dtype::F8_E8M0 => read_converted::<u8, _>(f, t, scaled::e8m0_value)?,
+        Dtype::F8_E8M0 | Dtype::U8 => read_converted::<u8, _>(f, t, scaled::e8m0_value)?,
         other => {
             return Err(Error::type_error(format!(
-                "{}: scale tensor {:?} has dtype {other}; expected F32, BF16, F16, F64 or F8_E8M0",
+                "{}: scale tensor {:?} has dtype {other}; expected F32, BF16, F16, F64, or F8_E8M0 / U8 (MX exponents)",
                 f.path().display(),
                 t.name
             )))
@@ -483,7 +534,8 @@ fn infer_granularity(
 ) -> Result<Granularity> {
     let shape = &scale.shape[..];
     let numel: usize = shape.iter().product();
-    if scale.dtype == Dtype::F8_E8M0 {
+    // E8M0 exponents: as F8_E8M0, or as U8 (compressed-tensors' mxfp8-quantized format).
+    if matches!(scale.dtype, Dtype::F8_E8M0 | Dtype::U8) {
         let want = [rows, cols.div_ceil(scaled::MX_GROUP)];
         if shape == want {
             return Ok(Granularity::Mx);

@@ -1,9 +1,9 @@
 //! Scaled quantization and dequantization of one 2-D weight, as the checkpoint drivers need it.
 //!
-//! Quantization is the quantization module's ([`crate::quant::quantize`]): scale =
+//! Quantization is the quantization module's ([`crate::quant::quantize_stored`]): scale =
 //! float32(amax / max_normal) per group (NaN and ±Inf ignored in the amax; an all-zero group
-//! gets scale 1), codes = saturating encode of `x * float32(1 / scale)`, nearest or stochastic
-//! rounding.
+//! gets scale 1), rounded to the dtype the checkpoint stores it in, then codes = saturating
+//! encode of `x * float32(1 / stored scale)`, nearest or stochastic rounding; MX: E8M0 scales.
 //!
 //! Dequantization is done here, exactly: `decode(q) * scale` is formed in float64 (a 4-bit by
 //! 24-bit product, so exact) and rounded once to the output type. (The quantization module's
@@ -19,7 +19,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 use crate::error::{Error, Result};
 use crate::format::Format;
-use crate::quant::{self, QuantKernels, Rounding};
+use crate::quant::{self, QuantKernels, Rounding, ScaleDtype};
 use crate::scalar;
 use crate::threads;
 
@@ -103,7 +103,7 @@ fn check_dims(len: usize, rows: usize, cols: usize) -> Result<()> {
 }
 
 /// Quantize a row-major `(rows, cols)` weight: returns the codes and the float32 scales in the
-/// layout of `g` (see [`Granularity::scale_shape`]).
+/// layout of `g` (see [`Granularity::scale_shape`]); MX is not offered here.
 pub fn quantize_weight<T: Source>(
     x: &[T],
     rows: usize,
@@ -113,12 +113,17 @@ pub fn quantize_weight<T: Source>(
     rounding: Rounding,
 ) -> Result<(Vec<u8>, Vec<f32>)> {
     let mut codes = crate::alloc::filled_for(x.len(), 0u8, "the FP8 codes of a weight")?;
-    let scales = quantize_weight_into(x, rows, cols, fmt, g, rounding, &mut codes)?;
-    Ok((codes, scales))
+    match quantize_weight_into(x, rows, cols, fmt, g, rounding, ScaleDtype::F32, &mut codes)? {
+        quant::Scales::F32(s) => Ok((codes, s)),
+        quant::Scales::E8M0(_) => Err(Error::value("MX scales are not float32")),
+    }
 }
 
-/// [`quantize_weight`] into a caller's buffer of `x.len()` codes (reused across tensors by the
-/// drivers, so that each tensor does not fault in fresh pages); returns the scales.
+/// Quantize a weight into a caller's buffer of `x.len()` codes (reused across tensors by the
+/// drivers, so that each tensor does not fault in fresh pages); returns the scales: float32
+/// values exactly representable in `store` (the codes computed against them), or E8M0 codes
+/// for MX.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_weight_into<T: Source>(
     x: &[T],
     rows: usize,
@@ -126,24 +131,18 @@ pub fn quantize_weight_into<T: Source>(
     fmt: Format,
     g: Granularity,
     rounding: Rounding,
+    store: ScaleDtype,
     codes: &mut [u8],
-) -> Result<Vec<f32>> {
+) -> Result<quant::Scales> {
     g.check()?;
     check_dims(x.len(), rows, cols)?;
     let qg = match g {
         Granularity::Tensor => quant::Granularity::Tensor,
         Granularity::Channel => quant::Granularity::Channel { axis: 0 },
         Granularity::Block(br, bc) => quant::Granularity::Block { rows: br, cols: bc },
-        Granularity::Mx => {
-            return Err(Error::value(
-                "MX quantization of checkpoints is not supported (no loader reads it yet)",
-            ))
-        }
+        Granularity::Mx => quant::Granularity::Mx,
     };
-    match quant::quantize(x, &[rows, cols], fmt, qg, rounding, codes)? {
-        quant::Scales::F32(s) => Ok(s),
-        quant::Scales::E8M0(_) => Err(Error::value("unexpected E8M0 scales")),
-    }
+    quant::quantize_stored(x, &[rows, cols], fmt, qg, rounding, store, codes)
 }
 
 /// An output element type of dequantization.

@@ -67,10 +67,52 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
         "model.layers.0.self_attn.q_proj.weight".to_string(),
         "model.layers.0.mlp.down_proj.weight".to_string(),
     ];
-    for (layout, g, scale_suffix) in [
-        (Layout::CompressedTensors, Granularity::Channel, "_scale"),
-        (Layout::CompressedTensors, Granularity::Tensor, "_scale"),
-        (Layout::Fp8Block, Granularity::Block(128, 128), "_scale_inv"),
+    // (layout, granularity, scale name suffix, --scale-dtype, the scale's dtype in the file):
+    // automatic scale dtypes are the bf16 weights' own in compressed-tensors, float32 in
+    // fp8-block; MX exponents are U8 as in compressed-tensors' mxfp8-quantized format.
+    for (layout, g, scale_suffix, scale_dtype, stored) in [
+        (
+            Layout::CompressedTensors,
+            Granularity::Channel,
+            "_scale",
+            None,
+            Dtype::BF16,
+        ),
+        (
+            Layout::CompressedTensors,
+            Granularity::Channel,
+            "_scale",
+            Some(ScaleDtype::F32),
+            Dtype::F32,
+        ),
+        (
+            Layout::CompressedTensors,
+            Granularity::Tensor,
+            "_scale",
+            Some(ScaleDtype::F16),
+            Dtype::F16,
+        ),
+        (
+            Layout::CompressedTensors,
+            Granularity::Block(128, 128),
+            "_scale",
+            None,
+            Dtype::BF16,
+        ),
+        (
+            Layout::CompressedTensors,
+            Granularity::Mx,
+            "_scale",
+            None,
+            Dtype::U8,
+        ),
+        (
+            Layout::Fp8Block,
+            Granularity::Block(128, 128),
+            "_scale_inv",
+            None,
+            Dtype::F32,
+        ),
     ] {
         let q = d.join("q.safetensors");
         let opts = QuantizeOptions {
@@ -78,6 +120,7 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
             granularity: g,
             layout,
             rounding: Rounding::Nearest,
+            scale_dtype,
         };
         let s = quantize_file(&src, &q, &targets, opts, None, false, &mut noop).unwrap();
         assert_eq!(s.converted.len(), 2);
@@ -90,7 +133,7 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
             if targets.contains(name) {
                 assert_eq!(t.dtype, Dtype::F8_E4M3);
                 let st = f.get(&format!("{name}{scale_suffix}")).unwrap();
-                assert_eq!(st.dtype, Dtype::F32);
+                assert_eq!(st.dtype, stored);
                 assert_eq!(st.shape, g.scale_shape(shape[0], shape[1]));
             } else {
                 let a = read_as::<u8>(&f, t).unwrap();
@@ -112,9 +155,12 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
             let y = read_as::<f32>(&fb, t).unwrap();
             // Each element is within half an E4M3 step of its group: |x - y| <= 2^-4 |x| for
             // normals, plus half the subnormal step 2^-10 * scale, with scale <= amax / 448.
+            // MX scales are powers of two: a group's largest magnitudes land in [256, 512) and
+            // those above 448 saturate, up to 1/8 off.
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let rel = if g == Granularity::Mx { 8.0 } else { 16.0 };
             for (a, b) in x.iter().zip(&y) {
-                let bound = a.abs() / 16.0 + amax / 448.0 * 2f32.powi(-10) + 1e-12;
+                let bound = a.abs() / rel + amax / 256.0 * 2f32.powi(-10) + 1e-12;
                 assert!((a - b).abs() <= bound, "{name} {a} {b} {shape:?}");
             }
         }
@@ -210,6 +256,7 @@ fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
         granularity: Granularity::Channel,
         layout: Layout::CompressedTensors,
         rounding: Rounding::Nearest,
+        scale_dtype: None,
     };
     let e = quantize_file(&src, &src, &[], opts, None, true, &mut noop).unwrap_err();
     assert!(e.to_string().contains("is the source"), "{e}");
@@ -240,4 +287,53 @@ fn refuses_to_overwrite_the_source_or_quantize_odd_tensors() {
     assert!(quantize_file(&src, &q, &[], opts, None, false, &mut cb).is_err());
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn codes_are_computed_against_the_scale_as_stored() {
+    // Channel scales rounded to bf16 / f16 first (nearest-even, from float32(amax / 448)), then
+    // every code is the saturating encode of x * float32(1 / stored scale).
+    let (rows, cols) = (37, 300);
+    let x: Vec<f32> = values(rows * cols, 7)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i / cols) as f32 * 0.37))
+        .collect();
+    for store in [ScaleDtype::BF16, ScaleDtype::F16, ScaleDtype::F32] {
+        let mut codes = vec![0u8; x.len()];
+        let scales = scaled::quantize_weight_into(
+            &x,
+            rows,
+            cols,
+            Format::E4M3,
+            Granularity::Channel,
+            Rounding::Nearest,
+            store,
+            &mut codes,
+        )
+        .unwrap();
+        let quant::Scales::F32(scales) = scales else {
+            panic!("float scales expected")
+        };
+        let mut differ = 0;
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            let amax = row.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            let exact = (amax / 448.0) as f32;
+            let want = match store {
+                ScaleDtype::BF16 => bf16::from_f32(exact).to_f32(),
+                ScaleDtype::F16 => f16::from_f32(exact).to_f32(),
+                ScaleDtype::F32 => exact,
+            };
+            assert_eq!(scales[r], want, "{store:?} row {r}");
+            differ += usize::from(want != exact);
+            let inv = 1.0 / want;
+            for c in 0..cols {
+                let q = scalar::encode_f32(row[c] * inv, Format::E4M3, true);
+                assert_eq!(codes[r * cols + c], q, "{store:?} ({r}, {c})");
+            }
+        }
+        // The rounding is real for the 16-bit stores (else the test checks nothing).
+        assert_eq!(differ > rows / 2, store != ScaleDtype::F32, "{store:?}");
+    }
 }

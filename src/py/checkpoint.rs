@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::checkpoint::{
     self, file, Granularity, Layout, OutDtype, OutTensor, Progress, QuantizeOptions, Rounding,
-    SafetensorsFile, SafetensorsWriter, Summary,
+    SafetensorsFile, SafetensorsWriter, ScaleDtype, Summary,
 };
 use crate::error::Error;
 use crate::format::Format;
@@ -160,7 +160,7 @@ fn parse_granularity(name: &str, block: (usize, usize)) -> PyResult<Granularity>
 
 /// Quantize the tensors `targets` of the file `src` into `dst` (see `checkpoint::quantize_file`).
 #[pyfunction]
-#[pyo3(signature = (src, dst, targets, fmt, granularity, block, layout, metadata=None, overwrite=false, progress=None, seed=None))]
+#[pyo3(signature = (src, dst, targets, fmt, granularity, block, layout, metadata=None, overwrite=false, progress=None, seed=None, scale_dtype="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_file<'py>(
     py: Python<'py>,
@@ -175,8 +175,21 @@ fn quantize_file<'py>(
     overwrite: bool,
     progress: Option<Py<PyAny>>,
     seed: Option<u64>,
+    scale_dtype: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let format: Format = fmt.parse()?;
+    let scale_dtype = match scale_dtype {
+        "auto" => None,
+        "f32" => Some(ScaleDtype::F32),
+        "bf16" => Some(ScaleDtype::BF16),
+        "f16" => Some(ScaleDtype::F16),
+        _ => {
+            return Err(Error::value(format!(
+                "unknown scale dtype {scale_dtype:?}: expected auto, bf16, f16 or f32"
+            ))
+            .into())
+        }
+    };
     let granularity = parse_granularity(granularity, block)?;
     let layout = match layout {
         "compressed-tensors" => Layout::CompressedTensors,
@@ -193,6 +206,7 @@ fn quantize_file<'py>(
         granularity,
         layout,
         rounding: seed.map_or(Rounding::Nearest, |seed| Rounding::Stochastic { seed }),
+        scale_dtype,
     };
     let s = with_progress(py, progress, |cb| {
         checkpoint::quantize_file(&src, &dst, &targets, opts, metadata, overwrite, cb)

@@ -643,6 +643,34 @@ pub fn scale_from_amax(amax: f64, fmt: Format) -> f32 {
     ((amax / fmt.max_normal()) as f32).clamp(f32::MIN_POSITIVE, f32::MAX)
 }
 
+/// The precision a checkpoint stores its tensor / channel / block scales in. The codes are
+/// computed against the scale as stored, so `decode(q) * stored_scale` is what any reader gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleDtype {
+    /// float32 (the scale as computed).
+    F32,
+    /// bfloat16, as compressed-tensors keeps scales of bf16 weights.
+    BF16,
+    /// float16, as compressed-tensors keeps scales of f16 weights.
+    F16,
+}
+
+impl ScaleDtype {
+    /// `scale` rounded to nearest-even in this type, clamped to its positive finite range
+    /// (f16: `[2^-24, 65504]`, so that a tiny group keeps a usable, finite reciprocal).
+    pub fn round(self, scale: f32) -> f32 {
+        match self {
+            ScaleDtype::F32 => scale,
+            ScaleDtype::BF16 => bf16::from_f32(scale)
+                .to_f32()
+                .clamp(f32::MIN_POSITIVE, bf16::MAX.to_f32()),
+            ScaleDtype::F16 => f16::from_f32(scale)
+                .to_f32()
+                .clamp(f16::from_bits(1).to_f32(), f16::MAX.to_f32()),
+        }
+    }
+}
+
 /// The MX shared exponent `X` of a group with largest finite magnitude `amax`.
 pub fn mx_exponent(amax: f64, fmt: Format) -> i32 {
     if amax == 0.0 {
@@ -744,6 +772,21 @@ pub fn quantize<T: QuantInput>(
     rounding: Rounding,
     q: &mut [u8],
 ) -> Result<Scales> {
+    quantize_stored(x, shape, fmt, granularity, rounding, ScaleDtype::F32, q)
+}
+
+/// [`quantize`] with the float scales rounded to `store` first (see [`ScaleDtype::round`]) and
+/// the codes computed against the rounded scales; the returned float32 scales are exactly
+/// representable in `store`. MX scales are powers of two and unaffected.
+pub fn quantize_stored<T: QuantInput>(
+    x: &[T],
+    shape: &[usize],
+    fmt: Format,
+    granularity: Granularity,
+    rounding: Rounding,
+    store: ScaleDtype,
+    q: &mut [u8],
+) -> Result<Scales> {
     check_elements(shape, x.len(), "input")?;
     check_elements(shape, q.len(), "output")?;
     let lay = Layout::new(shape, granularity)?;
@@ -759,7 +802,7 @@ pub fn quantize<T: QuantInput>(
     } else {
         let s: Vec<f32> = keys
             .iter()
-            .map(|&k| scale_from_amax(T::key_value(k), fmt))
+            .map(|&k| store.round(scale_from_amax(T::key_value(k), fmt)))
             .collect();
         let inv = s.iter().map(|&s| T::W::recip(s)).collect();
         (Scales::F32(s), inv)
