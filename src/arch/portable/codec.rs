@@ -29,6 +29,13 @@ const fn round_shift(v: u32, s: u32) -> u32 {
 }
 
 /// Encode one `f32` pattern; `M` mantissa bits, `BIAS` exponent bias of the target format.
+///
+/// Branch-free (every candidate is computed and the right one selected), so the loops over it
+/// vectorise: the same code becomes SSE2 on x86-64 and NEON on aarch64. The subnormal range
+/// rounds the significand right by a per-element count; counts of 25 and more all give 0
+/// (half the smallest FP8 subnormal is above every such value), so the count is clamped to 31,
+/// which keeps every shift defined. f32 subnormals (`exp == 0`) have counts above 25 and
+/// give 0 as well, so they need no case of their own.
 #[inline(always)]
 fn encode_bits<const M: u32, const BIAS: u32>(
     bits: u32,
@@ -36,35 +43,31 @@ fn encode_bits<const M: u32, const BIAS: u32>(
     max_code: u32,
     overflow: u8,
 ) -> u8 {
-    let sign = ((bits >> 24) & 0x80) as u8;
+    let sign = (bits >> 24) & 0x80;
     let abs = bits & 0x7FFF_FFFF;
-    if abs > 0x7F80_0000 {
-        return sign | nan;
-    }
     // Smallest normal of the target, 2^(1 - BIAS), as an f32 pattern.
     let min_normal = (127 + 1 - BIAS) << 23;
-    let code = if abs >= min_normal {
-        // Normal target: round the significand to M bits, then re-bias the exponent.
-        round_shift(abs, 23 - M) - ((127 - BIAS) << M)
+    // Normal target: round the significand to M bits, then re-bias the exponent. Computed
+    // from max(abs, min_normal) so that no lane wraps.
+    let normal = round_shift(abs.max(min_normal), 23 - M) - ((127 - BIAS) << M);
+    // Subnormal target: |x| = sig * 2^(exp - 150) in units of 2^(1 - BIAS - M) is
+    // sig >> shift with shift = 150 + 1 - BIAS - M - exp >= 24 - M (exp < 128 - BIAS).
+    let exp = abs >> 23;
+    let sig = (abs & 0x7F_FFFF) | 0x80_0000;
+    let shift = (150 + 1 - BIAS - M).saturating_sub(exp).clamp(1, 31);
+    let sub = (sig + ((1 << (shift - 1)) - 1) + ((sig >> shift) & 1)) >> shift;
+    let code = if abs >= min_normal { normal } else { sub };
+    let code = if code > max_code {
+        u32::from(overflow)
     } else {
-        // Subnormal target: count units of 2^(1 - BIAS - M). With the implicit bit,
-        // |x| = sig * 2^(e - 150), so the count is sig >> (e_unit - e + 150 ...) as below.
-        let exp = abs >> 23;
-        let sig = (abs & 0x7F_FFFF) | 0x80_0000;
-        // shift = (1 - BIAS - M) - (exp - 150) >= 24 - M > 0 because exp < 128 - BIAS.
-        let shift = 150 + 1 - BIAS - M - exp;
-        if exp == 0 || shift >= 25 {
-            // f32 subnormals and anything below half the smallest subnormal: sig * 2^-shift < 1/2.
-            0
-        } else {
-            round_shift(sig, shift)
-        }
+        code
     };
-    if code > max_code {
-        sign | overflow
+    let code = if abs > 0x7F80_0000 {
+        u32::from(nan)
     } else {
-        sign | code as u8
-    }
+        code
+    };
+    (sign | code) as u8
 }
 
 #[inline(always)]
@@ -97,8 +100,14 @@ pub fn encode_f32(src: &[f32], dst: &mut [u8], fmt: Format, saturate: bool) {
 /// `f32::MAX` (odd), which overflows every FP8 format just as the input does; NaN stays NaN.
 #[inline(always)]
 pub fn f64_to_f32_round_odd(x: f64) -> u32 {
+    let sign = (x.to_bits() >> 32) as u32 & 0x8000_0000;
+    if x.is_nan() {
+        // A quiet NaN with the input's sign, built in integers: a conversion would give the
+        // positive default NaN on aarch64 under FPCR.DN.
+        return sign | 0x7FC0_0000;
+    }
     let nearest = x as f32;
-    if x.is_nan() || x.is_infinite() {
+    if x.is_infinite() {
         return nearest.to_bits();
     }
     let mut bits = nearest.to_bits();
@@ -121,9 +130,16 @@ pub fn encode_f64(src: &[f64], dst: &mut [u8], fmt: Format, saturate: bool) {
     );
 }
 
-/// Encode `f16` values, widened exactly to `f32`.
+/// Encode `f16` values, widened exactly to `f32`. The sign is copied from the input: a
+/// hardware conversion (aarch64 `fcvt`) gives the positive default NaN under FPCR.DN.
 pub fn encode_f16(src: &[f16], dst: &mut [u8], fmt: Format, saturate: bool) {
-    encode_iter(src.iter().map(|x| x.to_f32().to_bits()), dst, fmt, saturate);
+    encode_iter(
+        src.iter()
+            .map(|x| x.to_f32().to_bits() | (u32::from(x.to_bits() & 0x8000) << 16)),
+        dst,
+        fmt,
+        saturate,
+    );
 }
 
 /// Encode `bf16` values: a `bf16` is the top half of an `f32`.
@@ -134,6 +150,44 @@ pub fn encode_bf16(src: &[bf16], dst: &mut [u8], fmt: Format, saturate: bool) {
         fmt,
         saturate,
     );
+}
+
+/// Per-format constants of the SIMD encoders, as `i32` lane values (derivations in
+/// `arch::x86_64::common`; shared by the x86-64 and aarch64 levels).
+#[derive(Clone, Copy)]
+pub(crate) struct FmtConsts {
+    /// `2^(s-1) - 1 - ((127 - b) << 23)` with `s = 23 - m`: rounding bias and exponent swap.
+    pub round_add: i32,
+    /// The code every overflowing magnitude becomes (before the sign is ORed in).
+    pub overflow: i32,
+    /// The canonical positive NaN code.
+    pub nan: i32,
+    /// Bit pattern of the smallest FP8 normal, `2^(1-b)`, as an f32.
+    pub min_normal_bits: i32,
+    /// Bit pattern of the subnormal magic number `2^(24-b-m)` as an f32 (see module docs).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub sub_magic_bits: i32,
+    /// Bit pattern of `2^(b-1+m)` as an f32: `|x|` times this is the subnormal code before
+    /// rounding (AVX2 path).
+    pub sub_scale_bits: i32,
+}
+
+impl FmtConsts {
+    /// The constants of E5M2 (`e5 = true`) or E4M3, saturating or not.
+    #[inline(always)]
+    pub const fn get(e5: bool, saturate: bool) -> FmtConsts {
+        let (m, b): (i32, i32) = if e5 { (2, 15) } else { (3, 7) };
+        let s = 23 - m;
+        let max_code = if e5 { 0x7B } else { 0x7E };
+        FmtConsts {
+            round_add: (1 << (s - 1)) - 1 - ((127 - b) << 23),
+            overflow: if saturate { max_code } else { max_code + 1 },
+            nan: if e5 { 0x7E } else { 0x7F },
+            min_normal_bits: (128 - b) << 23,
+            sub_magic_bits: (127 + 24 - b - m) << 23,
+            sub_scale_bits: (127 + b - 1 + m) << 23,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +306,25 @@ mod tests {
                         "{x:e} {fmt} sat={sat}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn constants_match_the_format_table() {
+        for (e5, fmt) in [(false, Format::E4M3), (true, Format::E5M2)] {
+            for sat in [false, true] {
+                let c = FmtConsts::get(e5, sat);
+                assert_eq!(c.overflow as u8, fmt.overflow_code(sat));
+                assert_eq!(c.nan as u8, fmt.nan_code());
+                let min_normal = f32::from_bits(c.min_normal_bits as u32);
+                assert_eq!(f64::from(min_normal), 2f64.powi(fmt.min_normal_exp()));
+                let magic = f32::from_bits(c.sub_magic_bits as u32);
+                let min_sub = 2f64.powi(fmt.min_normal_exp() - fmt.mantissa_bits() as i32);
+                // The f32 ulp of the magic number is the FP8 subnormal spacing.
+                assert_eq!(f64::from(magic) * 2f64.powi(-23), min_sub);
+                let scale = f32::from_bits(c.sub_scale_bits as u32);
+                assert_eq!(f64::from(scale) * min_sub, 1.0);
             }
         }
     }
