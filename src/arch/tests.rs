@@ -869,3 +869,81 @@ fn exhaustive_every_f32_every_level() {
     );
     eprintln!("exhaustive: done in {:.1} s", start.elapsed().as_secs_f64());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. The documented sample of the f32 domain, for runs where the 2^32 sweep is too slow
+//    (aarch64 under emulation)
+// ---------------------------------------------------------------------------------------------
+
+/// Every f32 within 3 ulps of every point of a 4-bit significand grid in every binade (the
+/// binade boundaries, every FP8 value of both formats, every midpoint between neighbouring
+/// FP8 values, FP8 subnormals included: all of them have at most 4 significant bits), both
+/// signs, plus 2^24 random bit patterns; as f32 and widened to f64, every mode, every level.
+/// With `encode_every_f16_and_bf16` (all 2^16 inputs of each) this is the sample the
+/// aarch64 CI runs under emulation; the x86 CI runs the full 2^32 sweep above.
+#[test]
+#[ignore = "sample sweep (2^24 random patterns): run with --ignored"]
+fn sample_sweep_boundaries_and_random_f32() {
+    use rayon::prelude::*;
+
+    let mut levels: Vec<&CodecKernels> = Vec::new();
+    for isa in Isa::ALL {
+        match codec_kernels_for(isa) {
+            Some(k) if levels.iter().any(|&seen| std::ptr::eq(seen, k)) => {}
+            Some(k) => levels.push(k),
+            None => eprintln!("sample sweep: SKIPPED level {isa}: this CPU lacks its features"),
+        }
+    }
+    let mut grid: Vec<u32> = Vec::new();
+    for exp in 0..256u32 {
+        for mant in 0..16u32 {
+            let p = (exp << 23) | (mant << 19);
+            for d in -3i32..=3 {
+                let b = p.wrapping_add_signed(d) & 0x7FFF_FFFF;
+                grid.extend([b, b | 0x8000_0000]);
+            }
+        }
+    }
+    let n_grid = grid.len();
+    let mut rng = Rng(0x5EED_0F_A4C8_2024);
+    grid.extend((0..1u32 << 24).map(|_| (rng.next() >> 32) as u32));
+    let names: Vec<&str> = levels.iter().map(|k| k.isa.name()).collect();
+    eprintln!(
+        "sample sweep: {n_grid} boundary patterns + 2^24 random, as f32 and f64, 4 modes, on {names:?}"
+    );
+    grid.par_chunks(1 << 16).for_each(|chunk| {
+        let src: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
+        let src64: Vec<f64> = src.iter().map(|&x| f64::from(x)).collect();
+        let (mut want, mut got) = (vec![0u8; src.len()], vec![0u8; src.len()]);
+        for (fmt, sat) in MODES {
+            scalar::slices::encode_f32(&src, &mut want, fmt, sat);
+            for k in &levels {
+                (k.encode_f32)(&src, &mut got, fmt, sat);
+                assert_same(&format!("{} f32 {fmt} sat={sat}", k.isa), &src, &got, &want);
+                (k.encode_f64)(&src64, &mut got, fmt, sat);
+                assert_same(&format!("{} f64 {fmt} sat={sat}", k.isa), &src, &got, &want);
+            }
+        }
+    });
+}
+
+/// The levels detected are exactly the ones the CPU has: `FP8FAST_EXPECT_ISAS` (set by the
+/// aarch64 CI for each emulated CPU, e.g. `scalar,neon` for a Cortex-A72 without BF16) names
+/// them. A level the CPU lacks can be neither chosen nor forced, and its kernels are not
+/// handed out.
+#[test]
+fn detection_matches_the_expected_levels() {
+    let names: Vec<&str> = super::available().iter().map(|i| i.name()).collect();
+    match std::env::var("FP8FAST_EXPECT_ISAS") {
+        Ok(want) => assert_eq!(names.join(","), want, "detected levels"),
+        Err(_) => eprintln!("FP8FAST_EXPECT_ISAS unset: detected {names:?}, not compared"),
+    }
+    assert_eq!(super::best().name(), *names.last().unwrap());
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            assert!(super::set_active(isa).is_err(), "{isa} could be forced");
+            assert!(codec_kernels_for(isa).is_none(), "{isa} kernels handed out");
+            assert!(crate::quant::kernels::quant_kernels_for(isa).is_none());
+        }
+    }
+}
