@@ -30,12 +30,18 @@ const fn round_shift(v: u32, s: u32) -> u32 {
 
 /// Encode one `f32` pattern; `M` mantissa bits, `BIAS` exponent bias of the target format.
 ///
-/// Branch-free (every candidate is computed and the right one selected), so the loops over it
-/// vectorise: the same code becomes SSE2 on x86-64 and NEON on aarch64. The subnormal range
-/// rounds the significand right by a per-element count; counts of 25 and more all give 0
-/// (half the smallest FP8 subnormal is above every such value), so the count is clamped to 31,
-/// which keeps every shift defined. f32 subnormals (`exp == 0`) have counts above 25 and
-/// give 0 as well, so they need no case of their own.
+/// Branch-free (every candidate is computed and the right one selected) and without per-lane
+/// shift counts, so the loops over it vectorise with the baseline instruction sets: the same
+/// code becomes SSE2 on x86-64 and NEON on aarch64.
+///
+/// The subnormal range (`|x| < 2^(1 - BIAS)`, where the FP8 spacing is `2^(1 - BIAS - M)`)
+/// counts units of that spacing in floating point without depending on the rounding mode:
+/// `y = |x| * 2^(BIAS - 1 + M)` is exact (a power-of-two scale of a normal float whose result
+/// is at least 2^-117, or of an f32 subnormal, whose code is 0 in every mode however the
+/// product rounds, or reads as 0 under DAZ), `t = trunc(y)` converts by truncation (the
+/// instruction's own rounding, not the mode's: `cvttps2dq`, `fcvtzs`), `y - t` is exact
+/// (`0 <= y < 2^M + 1`, fixed point with the same exponent range), and rounding to nearest
+/// even is `t + (frac > 1/2 || (frac == 1/2 && t odd))`, exact comparisons.
 #[inline(always)]
 fn encode_bits<const M: u32, const BIAS: u32>(
     bits: u32,
@@ -44,30 +50,35 @@ fn encode_bits<const M: u32, const BIAS: u32>(
     overflow: u8,
 ) -> u8 {
     let sign = (bits >> 24) & 0x80;
-    let abs = bits & 0x7FFF_FFFF;
+    let abs = (bits & 0x7FFF_FFFF) as i32;
     // Smallest normal of the target, 2^(1 - BIAS), as an f32 pattern.
-    let min_normal = (127 + 1 - BIAS) << 23;
+    let min_normal = ((127 + 1 - BIAS) << 23) as i32;
     // Normal target: round the significand to M bits, then re-bias the exponent. Computed
     // from max(abs, min_normal) so that no lane wraps.
-    let normal = round_shift(abs.max(min_normal), 23 - M) - ((127 - BIAS) << M);
-    // Subnormal target: |x| = sig * 2^(exp - 150) in units of 2^(1 - BIAS - M) is
-    // sig >> shift with shift = 150 + 1 - BIAS - M - exp >= 24 - M (exp < 128 - BIAS).
-    let exp = abs >> 23;
-    let sig = (abs & 0x7F_FFFF) | 0x80_0000;
-    let shift = (150 + 1 - BIAS - M).saturating_sub(exp).clamp(1, 31);
-    let sub = (sig + ((1 << (shift - 1)) - 1) + ((sig >> shift) & 1)) >> shift;
+    let normal = (round_shift(abs.max(min_normal) as u32, 23 - M) - ((127 - BIAS) << M)) as i32;
+    let scale = f32::from_bits((127 + BIAS - 1 + M) << 23);
+    let y = f32::from_bits(abs.min(min_normal) as u32) * scale;
+    // SAFETY: `y` is finite and in [0, 2^M] (`abs.min(min_normal)` is a finite non-negative
+    // pattern at most 2^(1 - BIAS), scaled by 2^(BIAS - 1 + M)), so it truncates to an `i32`.
+    // The saturating `as` would be correct too, but compiles to a scalar conversion per lane
+    // on SSE2, a quarter of the speed.
+    let t: i32 = unsafe { y.to_int_unchecked() };
+    let frac = y - t as f32;
+    let up = frac > 0.5 || (frac == 0.5 && t & 1 == 1);
+    let sub = t + i32::from(up);
+    // All in i32 (every value is below 2^12): SSE2 has signed compares only.
     let code = if abs >= min_normal { normal } else { sub };
-    let code = if code > max_code {
-        u32::from(overflow)
+    let code = if code > max_code as i32 {
+        i32::from(overflow)
     } else {
         code
     };
     let code = if abs > 0x7F80_0000 {
-        u32::from(nan)
+        i32::from(nan)
     } else {
         code
     };
-    (sign | code) as u8
+    (sign | code as u32) as u8
 }
 
 #[inline(always)]
