@@ -905,7 +905,7 @@ fn sample_sweep_boundaries_and_random_f32() {
         }
     }
     let n_grid = grid.len();
-    let mut rng = Rng(0x5EED_0F_A4C8_2024);
+    let mut rng = Rng(0x005E_ED0F_A4C8_2024);
     grid.extend((0..1u32 << 24).map(|_| (rng.next() >> 32) as u32));
     let names: Vec<&str> = levels.iter().map(|k| k.isa.name()).collect();
     eprintln!(
