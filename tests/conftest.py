@@ -4,7 +4,7 @@ import fp8fast
 import pytest
 from fp8fast import _core
 
-ALL_ISAS = ["scalar", "avx2", "avx512", "avx512bf16"]
+ALL_ISAS = ["scalar", "avx2", "avx512", "avx512bf16", "neon", "neon-bf16"]
 
 
 @pytest.fixture(params=ALL_ISAS)

@@ -32,8 +32,10 @@ def set_isa(name: str) -> None:
 
     Parameters
     ----------
-    name : {"scalar", "avx2", "avx512", "avx512bf16"}
-        Must be one of :func:`available_isas`; ``ValueError`` otherwise.
+    name : {"scalar", "avx2", "avx512", "avx512bf16", "neon", "neon-bf16"}
+        Must be one of :func:`available_isas`; ``ValueError`` otherwise. ``avx2``,
+        ``avx512`` and ``avx512bf16`` exist on x86-64, ``neon`` and ``neon-bf16`` on
+        aarch64; ``scalar`` everywhere.
     """
     _core.set_isa(name)
 

@@ -19,6 +19,7 @@ from ._argtypes import ArgumentParser, positive_int
 EPILOG = """\
 environment:
   FP8FAST_ISA           force an instruction-set path: scalar, avx2, avx512, avx512bf16
+                        (x86-64), neon, neon-bf16 (aarch64)
   FP8FAST_NUM_THREADS   threads for large operations (default: all cores)
 
 examples:

@@ -1,7 +1,8 @@
 //! Instruction-set detection and dispatch.
 //!
 //! The CPU is inspected once; each operation then looks up the kernel table of the active ISA
-//! once per call (never per element). `FP8FAST_ISA=scalar|avx2|avx512|avx512bf16` forces a
+//! once per call (never per element). `FP8FAST_ISA=scalar|avx2|avx512|avx512bf16` (x86-64) or
+//! `FP8FAST_ISA=scalar|neon|neon-bf16` (aarch64) forces a
 //! path, and [`set_active`] changes it at run time (tests use it to run every path the machine
 //! has). A path the CPU lacks is never chosen: asking for one is an error.
 //!
@@ -26,6 +27,8 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 use crate::format::Format;
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -42,11 +45,24 @@ pub enum Isa {
     Avx512 = 2,
     /// [`Isa::Avx512`] plus AVX512_BF16 (`vdpbf16ps` GEMM microkernel); codecs as `Avx512`.
     Avx512Bf16 = 3,
+    /// aarch64 Advanced SIMD (NEON, part of every ARMv8-A CPU).
+    Neon = 4,
+    /// [`Isa::Neon`] plus FEAT_BF16 (`bfdot` GEMM microkernel); codecs as `Neon`.
+    NeonBf16 = 5,
 }
 
 impl Isa {
     /// Every level, least capable first.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    /// Each architecture's levels are a chain (every level needs the one before it), and a
+    /// CPU has levels of only one architecture.
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+        Isa::Neon,
+        Isa::NeonBf16,
+    ];
 
     /// The name used by `FP8FAST_ISA` and `show_config()`.
     pub const fn name(self) -> &'static str {
@@ -55,6 +71,8 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
+            Isa::Neon => "neon",
+            Isa::NeonBf16 => "neon-bf16",
         }
     }
 
@@ -66,7 +84,8 @@ impl Isa {
             .find(|isa| isa.name() == lower)
             .ok_or_else(|| {
                 Error::value(format!(
-                    "unknown ISA {name:?}: expected one of scalar, avx2, avx512, avx512bf16"
+                    "unknown ISA {name:?}: expected one of scalar, avx2, avx512, avx512bf16, neon, \
+                     neon-bf16"
                 ))
             })
     }
@@ -81,13 +100,17 @@ impl Isa {
             Isa::Avx512 => x86_64::has_avx512(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => x86_64::has_avx512bf16(),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64::has_neon(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonBf16 => aarch64::has_neon_bf16(),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     fn from_u8(v: u8) -> Isa {
-        Isa::ALL[usize::from(v).min(3)]
+        Isa::ALL[usize::from(v).min(Isa::ALL.len() - 1)]
     }
 }
 
@@ -218,7 +241,9 @@ pub fn codec_kernels_for(isa: Isa) -> Option<&'static CodecKernels> {
         Isa::Avx2 => Some(x86_64::avx2::codec::codec_kernels()),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => Some(x86_64::avx512::codec::codec_kernels()),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonBf16 => Some(aarch64::neon::codec::codec_kernels()),
+        #[allow(unreachable_patterns)]
         _ => None,
     }
 }

@@ -600,18 +600,23 @@ mod mxcsr {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn mxcsr_state_does_not_change_results() {
-    use mxcsr::*;
+/// Runs every level's kernels with each of `settings` (name, control bits) in force through
+/// `enter` (which returns a guard restoring the old state on drop) and compares them with the
+/// references computed in the default state. `controls` reads the control bits back.
+fn check_under_fp_controls<G>(
+    test: &str,
+    settings: &[(&str, u32)],
+    enter: impl Fn(u32) -> G,
+    controls: impl Fn() -> u32,
+) {
     let f32s: Vec<f32> = interesting_f32()
         .into_iter()
         .chain((1..4096u32).map(|i| f32::from_bits(i * 0x1F3)))
         .collect();
     let f64s = hard_f64();
     let (h, b, codes) = (all_f16(), all_bf16(), all_codes());
-    let before = read();
-    for k in simd_levels("mxcsr_state_does_not_change_results") {
+    let before = controls();
+    for k in simd_levels(test) {
         for (fmt, sat) in MODES {
             // References first, in the default environment.
             let r32: Vec<u8> = f32s
@@ -634,14 +639,7 @@ fn mxcsr_state_does_not_change_results() {
                 .collect();
             let d16: Vec<f16> = codes.iter().map(|&c| scalar::decode_f16(c, fmt)).collect();
             let db: Vec<bf16> = codes.iter().map(|&c| scalar::decode_bf16(c, fmt)).collect();
-            for (name, bits) in [
-                ("FTZ|DAZ", FTZ | DAZ),
-                ("round-down", RC_DOWN),
-                ("round-up", RC_UP),
-                ("round-toward-zero", RC_ZERO),
-                ("FTZ|DAZ|round-up", FTZ | DAZ | RC_UP),
-                ("FTZ|DAZ|round-toward-zero", FTZ | DAZ | RC_ZERO),
-            ] {
+            for &(name, bits) in settings {
                 let w = |t: &str| format!("{} {t} {fmt} sat={sat} under {name}", k.isa);
                 let (mut e32, mut e64, mut e16, mut eb) = (
                     vec![0u8; r32.len()],
@@ -657,8 +655,8 @@ fn mxcsr_state_does_not_change_results() {
                     vec![bf16::ZERO; n],
                 );
                 {
-                    let _guard = Guard::set(bits);
-                    assert_eq!(read() & (FTZ | DAZ | (3 << 13)), bits);
+                    let _guard = enter(bits);
+                    assert_eq!(controls(), bits);
                     (k.encode_f32)(&f32s, &mut e32, fmt, sat);
                     (k.encode_f64)(&f64s, &mut e64, fmt, sat);
                     (k.encode_f16)(&h, &mut e16, fmt, sat);
@@ -668,8 +666,7 @@ fn mxcsr_state_does_not_change_results() {
                     (k.decode_f16)(&codes, &mut o16, fmt);
                     (k.decode_bf16)(&codes, &mut ob, fmt);
                 }
-                // Status flags (bits 0..=5) are sticky and may be raised; the controls must be back.
-                assert_eq!(read() & !0x3F, before & !0x3F, "MXCSR not restored");
+                assert_eq!(controls(), before, "floating-point controls not restored");
                 assert_same(&w("encode f32"), &f32s, &e32, &r32);
                 assert_same(&w("encode f64"), &f64s, &e64, &r64);
                 assert_same(&w("encode f16"), &h, &e16, &r16);
@@ -685,6 +682,26 @@ fn mxcsr_state_does_not_change_results() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+fn mxcsr_state_does_not_change_results() {
+    use mxcsr::*;
+    check_under_fp_controls(
+        "mxcsr_state_does_not_change_results",
+        &[
+            ("FTZ|DAZ", FTZ | DAZ),
+            ("round-down", RC_DOWN),
+            ("round-up", RC_UP),
+            ("round-toward-zero", RC_ZERO),
+            ("FTZ|DAZ|round-up", FTZ | DAZ | RC_UP),
+            ("FTZ|DAZ|round-toward-zero", FTZ | DAZ | RC_ZERO),
+        ],
+        Guard::set,
+        // Status flags (bits 0..=5) are sticky and may be raised: compare the controls only.
+        || read() & (FTZ | DAZ | RC_ZERO),
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
 fn daz_really_flushes_f32_subnormals() {
     // Guards the previous test against a no-op MXCSR write: with DAZ on, an f32 subnormal
     // operand reads as zero in ordinary arithmetic.
@@ -693,6 +710,91 @@ fn daz_really_flushes_f32_subnormals() {
     assert_eq!(
         std::hint::black_box(tiny) * std::hint::black_box(2.0f32),
         0.0
+    );
+}
+
+/// The aarch64 floating-point control register (Arm ARM, FPCR): FZ flushes single and double
+/// precision denormals to zero, DN replaces every NaN result by the positive default NaN,
+/// RMode (bits 22-23) selects the rounding of arithmetic and of conversions that do not encode
+/// their own rounding.
+#[cfg(target_arch = "aarch64")]
+mod fpcr {
+    use std::arch::asm;
+
+    pub const FZ: u32 = 1 << 24;
+    pub const DN: u32 = 1 << 25;
+    pub const RM_UP: u32 = 1 << 22;
+    pub const RM_DOWN: u32 = 2 << 22;
+    pub const RM_ZERO: u32 = 3 << 22;
+    pub const CONTROLS: u32 = FZ | DN | RM_ZERO;
+
+    pub fn read() -> u32 {
+        let v: u64;
+        // SAFETY: reading FPCR has no side effects.
+        unsafe { asm!("mrs {}, fpcr", out(reg) v, options(nomem, nostack, preserves_flags)) };
+        v as u32
+    }
+
+    fn write(v: u32) {
+        // SAFETY: writes FPCR; the values written only differ from the saved state in the FZ,
+        // DN and RMode bits (no trap-enable or reserved bit is set).
+        unsafe {
+            asm!("msr fpcr, {}", in(reg) u64::from(v), options(nomem, nostack, preserves_flags))
+        };
+    }
+
+    /// Sets `bits` while alive; restores the old FPCR on drop, panics included.
+    pub struct Guard(u32);
+    impl Guard {
+        pub fn set(bits: u32) -> Guard {
+            let old = read();
+            write((old & !CONTROLS) | bits);
+            Guard(old)
+        }
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            write(self.0);
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn fpcr_state_does_not_change_results() {
+    use fpcr::*;
+    check_under_fp_controls(
+        "fpcr_state_does_not_change_results",
+        &[
+            ("FZ", FZ),
+            ("DN", DN),
+            ("round-down", RM_DOWN),
+            ("round-up", RM_UP),
+            ("round-toward-zero", RM_ZERO),
+            ("FZ|DN|round-up", FZ | DN | RM_UP),
+            ("FZ|DN|round-toward-zero", FZ | DN | RM_ZERO),
+        ],
+        Guard::set,
+        || read() & CONTROLS,
+    );
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn fz_and_dn_really_take_effect() {
+    // Guards the previous test against a no-op FPCR write (an emulator ignoring it, say).
+    let tiny = std::hint::black_box(f32::from_bits(1));
+    let _guard = fpcr::Guard::set(fpcr::FZ | fpcr::DN);
+    assert_eq!(
+        std::hint::black_box(tiny) * std::hint::black_box(2.0f32),
+        0.0
+    );
+    let nan = std::hint::black_box(f32::from_bits(0xFFC0_0001));
+    let sum = std::hint::black_box(nan) + std::hint::black_box(1.0f32);
+    assert_eq!(
+        sum.to_bits(),
+        0x7FC0_0000,
+        "DN gives the positive default NaN"
     );
 }
 
@@ -766,4 +868,82 @@ fn exhaustive_every_f32_every_level() {
         },
     );
     eprintln!("exhaustive: done in {:.1} s", start.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The documented sample of the f32 domain, for runs where the 2^32 sweep is too slow
+//    (aarch64 under emulation)
+// ---------------------------------------------------------------------------------------------
+
+/// Every f32 within 3 ulps of every point of a 4-bit significand grid in every binade (the
+/// binade boundaries, every FP8 value of both formats, every midpoint between neighbouring
+/// FP8 values, FP8 subnormals included: all of them have at most 4 significant bits), both
+/// signs, plus 2^24 random bit patterns; as f32 and widened to f64, every mode, every level.
+/// With `encode_every_f16_and_bf16` (all 2^16 inputs of each) this is the sample the
+/// aarch64 CI runs under emulation; the x86 CI runs the full 2^32 sweep above.
+#[test]
+#[ignore = "sample sweep (2^24 random patterns): run with --ignored"]
+fn sample_sweep_boundaries_and_random_f32() {
+    use rayon::prelude::*;
+
+    let mut levels: Vec<&CodecKernels> = Vec::new();
+    for isa in Isa::ALL {
+        match codec_kernels_for(isa) {
+            Some(k) if levels.iter().any(|&seen| std::ptr::eq(seen, k)) => {}
+            Some(k) => levels.push(k),
+            None => eprintln!("sample sweep: SKIPPED level {isa}: this CPU lacks its features"),
+        }
+    }
+    let mut grid: Vec<u32> = Vec::new();
+    for exp in 0..256u32 {
+        for mant in 0..16u32 {
+            let p = (exp << 23) | (mant << 19);
+            for d in -3i32..=3 {
+                let b = p.wrapping_add_signed(d) & 0x7FFF_FFFF;
+                grid.extend([b, b | 0x8000_0000]);
+            }
+        }
+    }
+    let n_grid = grid.len();
+    let mut rng = Rng(0x005E_ED0F_A4C8_2024);
+    grid.extend((0..1u32 << 24).map(|_| (rng.next() >> 32) as u32));
+    let names: Vec<&str> = levels.iter().map(|k| k.isa.name()).collect();
+    eprintln!(
+        "sample sweep: {n_grid} boundary patterns + 2^24 random, as f32 and f64, 4 modes, on {names:?}"
+    );
+    grid.par_chunks(1 << 16).for_each(|chunk| {
+        let src: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
+        let src64: Vec<f64> = src.iter().map(|&x| f64::from(x)).collect();
+        let (mut want, mut got) = (vec![0u8; src.len()], vec![0u8; src.len()]);
+        for (fmt, sat) in MODES {
+            scalar::slices::encode_f32(&src, &mut want, fmt, sat);
+            for k in &levels {
+                (k.encode_f32)(&src, &mut got, fmt, sat);
+                assert_same(&format!("{} f32 {fmt} sat={sat}", k.isa), &src, &got, &want);
+                (k.encode_f64)(&src64, &mut got, fmt, sat);
+                assert_same(&format!("{} f64 {fmt} sat={sat}", k.isa), &src, &got, &want);
+            }
+        }
+    });
+}
+
+/// The levels detected are exactly the ones the CPU has: `FP8FAST_EXPECT_ISAS` (set by the
+/// aarch64 CI for each emulated CPU, e.g. `scalar,neon` for a Cortex-A72 without BF16) names
+/// them. A level the CPU lacks can be neither chosen nor forced, and its kernels are not
+/// handed out.
+#[test]
+fn detection_matches_the_expected_levels() {
+    let names: Vec<&str> = super::available().iter().map(|i| i.name()).collect();
+    match std::env::var("FP8FAST_EXPECT_ISAS") {
+        Ok(want) => assert_eq!(names.join(","), want, "detected levels"),
+        Err(_) => eprintln!("FP8FAST_EXPECT_ISAS unset: detected {names:?}, not compared"),
+    }
+    assert_eq!(super::best().name(), *names.last().unwrap());
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            assert!(super::set_active(isa).is_err(), "{isa} could be forced");
+            assert!(codec_kernels_for(isa).is_none(), "{isa} kernels handed out");
+            assert!(crate::quant::kernels::quant_kernels_for(isa).is_none());
+        }
+    }
 }

@@ -121,7 +121,13 @@ pub(crate) unsafe fn gemm(
         KernelChoice::Avx512Bf16 => unsafe {
             run(&arch::x86_64::avx512bf16::gemm::GEMM, a, b, plan, c, ldc)
         },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        KernelChoice::Neon => unsafe { run(&arch::aarch64::neon::gemm::GEMM, a, b, plan, c, ldc) },
+        #[cfg(target_arch = "aarch64")]
+        KernelChoice::NeonBf16 => unsafe {
+            run(&arch::aarch64::neon_bf16::gemm::GEMM, a, b, plan, c, ldc)
+        },
+        #[allow(unreachable_patterns)]
         _ => unsafe { run(&arch::portable::gemm::GEMM, a, b, plan, c, ldc) },
     }
 }

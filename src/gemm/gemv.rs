@@ -82,7 +82,9 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     #[cfg(not(target_arch = "x86_64"))]
     let table_f32 = false;
     let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !table_f32 {
+    // The portable and NEON kernels decode by table to float32: no pre-scaling.
+    let portable_dot = matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
+    if weights == Weights::E4M3 && !portable_dot && safe && !table_f32 {
         x.iter_mut().for_each(|v| *v *= 256.0);
         weights = Weights::E4M3TimesTwoPowMinus8;
     }
@@ -92,7 +94,9 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         Isa::Avx2 => arch::x86_64::avx2::gemv::dot_avx2,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => arch::x86_64::avx512::gemv::dot_avx512,
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonBf16 => arch::aarch64::neon::gemv::dot_neon,
+        #[allow(unreachable_patterns)]
         _ => arch::portable::gemv::dot,
     };
     let seg = if plan.along_k() { plan.block } else { k };

@@ -299,6 +299,8 @@ pub(crate) enum KernelChoice {
     Avx2,
     Avx512,
     Avx512Bf16,
+    Neon,
+    NeonBf16,
 }
 
 /// The kernel for operands `a`, `b` on ISA `isa`: the bfloat16 dot-product kernel only when
@@ -315,6 +317,9 @@ pub(crate) fn kernel_choice(isa: Isa, a_fp8: bool, b_fp8: bool) -> KernelChoice 
         Isa::Avx512 => KernelChoice::Avx512,
         Isa::Avx512Bf16 if a_fp8 && b_fp8 => KernelChoice::Avx512Bf16,
         Isa::Avx512Bf16 => KernelChoice::Avx512,
+        Isa::Neon => KernelChoice::Neon,
+        Isa::NeonBf16 if a_fp8 && b_fp8 => KernelChoice::NeonBf16,
+        Isa::NeonBf16 => KernelChoice::Neon,
     }
 }
 

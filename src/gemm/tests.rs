@@ -178,8 +178,8 @@ fn identity_per_kernel() {
 fn random_against_reference_every_kernel_and_dtype() {
     let mut rng = Rng(11);
     let kinds = [Kind::E4M3, Kind::E5M2, Kind::F32, Kind::F16, Kind::Bf16];
-    // Edge sizes around the register blocks (MR 4/6/14, NR 8/16/32), KC + 1 (257, 513, 769),
-    // MC + 1 (337) and the GEMV path.
+    // Edge sizes around the register blocks (MR 4/6/8/14, NR 8/12/16/32), KC + 1 (257, 513,
+    // 769), MC + 1 (257 for NEON; 337) and the GEMV path.
     let sizes = [
         (1, 1, 1),
         (13, 31, 7),
@@ -187,6 +187,7 @@ fn random_against_reference_every_kernel_and_dtype() {
         (3, 65, 40),
         (200, 70, 513),
         (8, 9, 130),
+        (257, 13, 20),
     ];
     for isa in arch::available() {
         for (t, &(m, n, k)) in sizes.iter().enumerate() {

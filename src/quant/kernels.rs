@@ -190,7 +190,9 @@ pub fn quant_kernels_for(isa: Isa) -> Option<&'static QuantKernels> {
         Isa::Avx2 => Some(arch::x86_64::avx2::quant::quant_kernels()),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => Some(arch::x86_64::avx512::quant::quant_kernels()),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonBf16 => Some(arch::aarch64::neon::quant::quant_kernels()),
+        #[allow(unreachable_patterns)]
         _ => None,
     }
 }

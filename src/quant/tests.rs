@@ -800,22 +800,29 @@ fn powers_of_two_are_exact() {
 
 #[test]
 fn table_lookup_kernels_match_scalar_on_every_isa() {
-    // A table with every entry distinct, so a wrong pick cannot go unnoticed.
-    let table: [u16; 256] = std::array::from_fn(|i| (i as u16).wrapping_mul(40503) ^ 0x5A5A);
+    // A table with every entry distinct, so a wrong pick cannot go unnoticed; and a
+    // sign-symmetric one (`table[c | 0x80] == table[c] ^ 0x8000`, some positive codes with the
+    // sign bit set), which the NEON kernel looks up with `tbl` / `tbx`.
+    let distinct: [u16; 256] = std::array::from_fn(|i| (i as u16).wrapping_mul(40503) ^ 0x5A5A);
+    let symmetric: [u16; 256] =
+        std::array::from_fn(|i| distinct[i & 0x7F] ^ if i & 0x80 != 0 { 0x8000 } else { 0 });
     // Every code, in an order that mixes the four 64-entry quarters within each vector.
     let codes: Vec<u8> = (0..4 * 256 + 77)
         .map(|i: usize| (i * 167 + (i >> 8)) as u8)
         .collect();
     let isas: Vec<Isa> = tables().iter().map(|k| k.isa).collect();
     assert!(isas.contains(&Isa::Scalar), "{isas:?}");
-    for k in tables() {
+    for (k, table) in tables()
+        .into_iter()
+        .flat_map(|k| [(k, &distinct), (k, &symmetric)])
+    {
         for start in 0..3 {
-            for len in (0..4 * 32 + 3).chain([256, 1000]) {
+            for len in (0..4 * 32 + 3).chain([256, 300, 1000]) {
                 let src = &codes[start..start + len];
                 let mut got = vec![0u16; len];
                 let mut want = vec![1u16; len];
-                (k.lookup_u16)(src, &table, &mut got);
-                kernels::lookup_u16_body(src, &table, &mut want);
+                (k.lookup_u16)(src, table, &mut got);
+                kernels::lookup_u16_body(src, table, &mut want);
                 assert_eq!(got, want, "{:?} start {start} len {len}", k.isa);
                 assert!(want
                     .iter()
