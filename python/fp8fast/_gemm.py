@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import ml_dtypes
 import numpy as np
 
@@ -59,6 +61,20 @@ def _scale(s, name, per_row):
     if s.ndim == 1:
         return s.reshape(-1, 1) if per_row else s.reshape(1, -1)
     return s
+
+
+def _block_size(block):
+    """The block size as an int: integers only (``2.5`` or ``'a'`` is a TypeError, as for
+    :func:`fp8fast.quantize`), at least 1."""
+    if isinstance(block, (bool, np.bool_)):
+        raise TypeError(f"block must be an int, got {block!r}")
+    try:
+        block = operator.index(block)
+    except TypeError:
+        raise TypeError(f"block must be an int, got {block!r}") from None
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    return block
 
 
 def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=128,
@@ -161,9 +177,7 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
         shape = shape[:-1]
     if a_vec:
         shape = shape[:-2] + shape[-1:] if not b_vec else shape[:-1]
-    block = int(block)
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    block = _block_size(block)
     sa = _scale(scale_a, "scale_a", per_row=True)
     sb = _scale(scale_b, "scale_b", per_row=False)
 

@@ -210,7 +210,7 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f
 ///
 /// # Safety
 /// `a` must address its whole matrix.
-unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
+pub(crate) unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
     let base = i as isize * a.rs;
     macro_rules! gather {
         ($p:expr, $conv:expr) => {

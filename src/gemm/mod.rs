@@ -33,6 +33,7 @@ use crate::arch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::format::Format;
 
+pub(crate) mod axpy;
 pub(crate) mod driver;
 pub(crate) mod gemv;
 mod pack;
@@ -151,6 +152,25 @@ impl Mat {
     pub(crate) fn is_fp8(&self) -> bool {
         matches!(self.elems, Elems::Fp8(..))
     }
+
+    /// Element `(r, c)` as float64.
+    ///
+    /// # Safety
+    /// `(r, c)` must be inside the matrix, whose pointer addresses all of it.
+    unsafe fn get(&self, r: usize, c: usize) -> f64 {
+        let off = r as isize * self.rs + c as isize * self.cs;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self.elems {
+                Elems::Fp8(p, f) => {
+                    f64::from(crate::scalar::tables::f32_table(f)[usize::from(*p.offset(off))])
+                }
+                Elems::F32(p) => f64::from(*p.offset(off)),
+                Elems::F16(p) => f64::from((*p.offset(off)).to_f32()),
+                Elems::Bf16(p) => f64::from((*p.offset(off)).to_f32()),
+            }
+        }
+    }
 }
 
 /// How one dimension of a scale array maps an index to a scale entry.
@@ -249,6 +269,34 @@ fn dim_map(len: usize, full: usize, block: usize) -> Option<ScaleMap> {
     }
 }
 
+/// The 2-D scale shapes accepted for an operand with `outer` rows (`a`) or columns (`b`)
+/// and `kb` K blocks, listed plainly: `"(1, 1), (3, 1) or (3, 2)"`.
+fn accepted_scale_shapes(is_a: bool, outer: usize, kb: usize, block: usize) -> String {
+    let mut outers = vec![1, outer, outer.div_ceil(block)];
+    outers.dedup();
+    outers.sort_unstable();
+    outers.dedup();
+    let mut ks = vec![1, kb];
+    ks.dedup();
+    let mut shapes: Vec<String> = Vec::new();
+    for &o in &outers {
+        for &kk in &ks {
+            let s = if is_a {
+                format!("({o}, {kk})")
+            } else {
+                format!("({kk}, {o})")
+            };
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+    }
+    match shapes.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => shapes.concat(),
+    }
+}
+
 fn check_scale<'a>(
     name: &str,
     view: ArrayView2<'a, f32>,
@@ -267,18 +315,10 @@ fn check_scale<'a>(
     let outer_map = dim_map(o_len, outer, block);
     let k_ok = k_len == 1 || k_len == kb;
     let (Some(outer_map), true) = (outer_map, k_ok) else {
-        let (o_names, k_names) = (
-            format!("1, {outer} or {}", outer.div_ceil(block)),
-            format!("1 or {kb}"),
-        );
-        let expected = if is_a {
-            format!("({o_names}, {k_names})")
-        } else {
-            format!("({k_names}, {o_names})")
-        };
+        let shapes = accepted_scale_shapes(is_a, outer, kb, block);
         return Err(Error::value(format!(
-            "{name} has shape {} but {} has shape {} (block {block}): expected a scalar or a \
-             shape {expected}",
+            "{name} has shape {} but {} has shape {} (block {block}): expected a scalar or \
+             one of the shapes {shapes}",
             shape_str(view.shape()),
             if is_a { "a" } else { "b" },
             shape_str(operand),
@@ -327,6 +367,9 @@ pub const GEMV_MAX_M: usize = 128;
 /// The same bound for FP8 activations, where the blocked GEMM runs the (twice as fast)
 /// bfloat16 kernel on AVX-512 BF16 CPUs.
 pub const GEMV_MAX_M_FP8: usize = 32;
+
+/// Largest `m` that takes the axpy path (FP8 weights stored `[in, out]`, `x @ w`).
+pub const AXPY_MAX_M: usize = 8;
 
 /// `out = (a * scale_a) @ (b * scale_b)` with `numpy.matmul` shapes: `a` is `(..., m, k)`,
 /// `b` is `(..., k, n)`, the batch dimensions broadcast, `out` is `(batch..., m, n)`.
@@ -515,6 +558,18 @@ unsafe impl Sync for CPtr {}
 /// `c` must be valid for writes of the `m x n` matrix with row stride `ldc` and not overlap
 /// `a` or `b`, whose pointers must address their whole (strided) matrices.
 unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        compute_finite(isa, a, b, plan, c, ldc);
+        apply_nonfinite_scales(a, b, plan, c, ldc);
+    }
+}
+
+/// [`compute`] with the scales applied to the float32 sums of each K block.
+///
+/// # Safety
+/// As [`compute`].
+unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if k == 0 {
         for i in 0..m {
@@ -535,9 +590,56 @@ unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: 
         unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
         return;
     }
+    if m <= AXPY_MAX_M && b.is_fp8() && (b.cs == 1 || n == 1) {
+        // SAFETY: forwarded from the caller.
+        unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
+        return;
+    }
     let choice = kernel_choice(isa, a.is_fp8(), b.is_fp8());
     // SAFETY: forwarded from the caller.
     unsafe { driver::gemm(choice, a, b, plan, c, ldc) };
+}
+
+/// Recompute the outputs that a non-finite scale (infinity or NaN) touches the way the
+/// float64 reference does, scaling every element before its product: `0 * inf` is NaN, so
+/// `scale_a = inf` turns a row holding a zero into NaN, where scaling the float32 sum
+/// would give an infinity. Every term of a K block with a non-finite scale is itself an
+/// infinity or NaN, so such an output is NaN or an infinity whatever the summation order,
+/// and one float64 pass over its terms gives the reference's value exactly (and the same
+/// value for any thread count). Finite scales leave this a scan of the scale arrays.
+///
+/// # Safety
+/// As [`compute`], with C already holding the finite-scale result.
+unsafe fn apply_nonfinite_scales(a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    let all_finite =
+        |s: Option<ScaleSpec<'_>>| s.is_none_or(|s| s.view.iter().all(|v| v.is_finite()));
+    if all_finite(plan.a) && all_finite(plan.b) {
+        return;
+    }
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let block = plan.block;
+    let nkb = if plan.along_k() { k.div_ceil(block) } else { 1 };
+    let sa = |i: usize, kb: usize| plan.a.map_or(1.0, |s| s.at(i, kb, block));
+    let sb = |kb: usize, j: usize| plan.b.map_or(1.0, |s| s.at(j, kb, block));
+    for i in 0..m {
+        for j in 0..n {
+            if (0..nkb).all(|kb| sa(i, kb).is_finite() && sb(kb, j).is_finite()) {
+                continue;
+            }
+            let mut sum = 0.0f64;
+            for p in 0..k {
+                let kb = p / block;
+                // SAFETY: (i, p) is inside A and (p, j) inside B.
+                let (x, y) = unsafe { (a.get(i, p), b.get(p, j)) };
+                sum += x * f64::from(sa(i, kb)) * (y * f64::from(sb(kb, j)));
+                if sum.is_nan() {
+                    break;
+                }
+            }
+            // SAFETY: (i, j) is inside C.
+            unsafe { *c.at(i, j, ldc) = sum as f32 };
+        }
+    }
 }
 
 fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
