@@ -348,6 +348,30 @@ def test_linear_layouts(isa):
     assert y16.dtype == np.float16 and y16.shape == (300,)
 
 
+@pytest.mark.parametrize("act", [F32, BF16, E4M3])
+def test_linear_leading_dims_bf16_output_and_out(isa, act):
+    # batch x sequence x in activations in one product (rows = batch * sequence, here 2 x 20
+    # = 40: past the GEMV path), float32 and bfloat16 outputs, bias, and out= views.
+    rng = np.random.default_rng(12)
+    x = rand(rng, (2, 20, 96), act)
+    w = rand(rng, (70, 96), E4M3)
+    bias = rng.standard_normal(70).astype(np.float32)
+    ref, absref, k = reference(x.reshape(40, 96), w.T, None, np.float32(0.25), 128)
+    tol = (k + 3) * 2.0**-23 * (absref + np.abs(bias))
+    y = linear(x, w, np.float32(0.25), bias)
+    assert y.shape == (2, 20, 70) and y.dtype == np.float32
+    assert (np.abs(y.reshape(40, 70) - (ref + bias)) <= tol).all()
+    yb = linear(x, w, np.float32(0.25), bias, out_dtype=BF16)
+    assert yb.shape == (2, 20, 70) and yb.dtype == BF16
+    np.testing.assert_array_equal(yb, y.astype(BF16))
+    out = np.full((2, 20, 70), np.nan, np.float32)
+    assert linear(x, w, np.float32(0.25), out=out) is out
+    assert (np.abs(out.reshape(40, 70) - ref) <= tol).all()
+    out_t = np.full((70, 20, 2), np.nan, np.float32).T  # not reshapeable in place
+    assert linear(x, w, np.float32(0.25), out=out_t) is out_t
+    assert (np.abs(out_t.reshape(40, 70) - ref) <= tol).all()
+
+
 # --------------------------------------------------------------------------------------------
 # Errors name the problem.
 

@@ -248,12 +248,14 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
 
     A thin convenience over :func:`matmul` for checkpoint layouts (compressed-tensors,
     DeepSeek-V3 / FineGrainedFP8): ``w`` is used through the transposed view ``w.T``
-    (no copy), which takes the GEMV path for up to 32 rows of ``x``.
+    (no copy), which takes the GEMV path for up to 32 rows of ``x``. For a ``[in, out]``
+    weight (``x @ w``), call :func:`matmul` directly: up to 8 rows take the axpy path.
 
     Parameters
     ----------
     x : array_like
-        Activations ``(..., in)``: float32, float16, bfloat16 or FP8.
+        Activations ``(..., in)``: float32, float16, bfloat16 or FP8. Leading dimensions
+        (batch x sequence) form the rows of one product.
     w : array_like
         Weight ``(out, in)``: FP8 (or ``uint8`` bits with ``fmt``) or a wider float type.
     w_scale : array_like, optional
@@ -288,6 +290,22 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"linear: w must be a 2-D [out, in] weight, got shape {w.shape}")
+    x = np.asarray(x)
+    if x.ndim > 2 and (x_scale is None or np.ndim(x_scale) == 0):
+        # Leading dimensions (batch x sequence) are rows of one product: one call with
+        # m = batch * sequence, not one per batch entry.
+        lead = x.shape[:-1]
+        flat_out = None
+        if out is not None:
+            flat_out = out.view()
+            try:
+                flat_out.shape = (-1, out.shape[-1])  # a view, never a copy
+            except AttributeError:
+                flat_out = None
+        if out is None or flat_out is not None:
+            y = linear(x.reshape(-1, x.shape[-1]), w, w_scale, bias, x_scale=x_scale,
+                       out_dtype=out_dtype, out=flat_out, fmt=fmt, block=block)
+            return out if out is not None else y.reshape(lead + y.shape[-1:])
     sb = None
     if w_scale is not None:
         s = np.asarray(w_scale)

@@ -102,9 +102,16 @@ pub fn available() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
 }
 
-/// The most capable level this CPU can run.
+/// The fastest level this CPU can run: the most capable one, except that `avx512bf16` (which
+/// differs from `avx512` only by the `vdpbf16ps` GEMM kernel) is skipped where that kernel
+/// is the slower one ([`x86_64::bf16_dot_is_fast`]).
 pub fn best() -> Isa {
-    *available().last().unwrap_or(&Isa::Scalar)
+    let levels = available();
+    #[cfg(target_arch = "x86_64")]
+    if levels.last() == Some(&Isa::Avx512Bf16) && !x86_64::bf16_dot_is_fast() {
+        return Isa::Avx512;
+    }
+    *levels.last().unwrap_or(&Isa::Scalar)
 }
 
 const UNSET: u8 = u8::MAX;

@@ -342,19 +342,47 @@ pub(crate) enum KernelChoice {
 }
 
 /// The kernel for operands `a`, `b` on ISA `isa`: the bfloat16 dot-product kernel only when
-/// both operands are FP8. Every FP8 value is exact in bfloat16 and products of two of them are
-/// exact in float32, and their magnitudes (>= 2^-32) are far above float32's denormal range,
-/// so `vdpbf16ps`' flush-to-zero of denormal inputs and outputs can never change a result.
-/// float32 / float16 / bfloat16 activations take the float32 kernel: a float32 value needs
-/// three bfloat16 parts (three dot products, no faster than float32 FMA), a float16 needs
-/// two, and bfloat16 inputs may be denormal, which `vdpbf16ps` would flush to zero.
-pub(crate) fn kernel_choice(isa: Isa, a_fp8: bool, b_fp8: bool) -> KernelChoice {
+/// both operands are exact in bfloat16 with products that are never denormal (`a_exact`,
+/// `b_exact`, see [`bf16_dot_exact`]): FP8 operands, and bfloat16 activations times FP8
+/// weights. Every FP8 value is exact in bfloat16 and products of two of them are exact in
+/// float32, and their magnitudes (>= 2^-32) are far above float32's denormal range, so
+/// `vdpbf16ps`' flush-to-zero of denormal inputs and outputs can never change a result.
+/// float32 / float16 activations take the float32 kernel: a float32 value needs three
+/// bfloat16 parts (three dot products, no faster than float32 FMA), a float16 needs two.
+pub(crate) fn kernel_choice(isa: Isa, a_exact: bool, b_exact: bool) -> KernelChoice {
     match isa {
         Isa::Scalar => KernelChoice::Scalar,
         Isa::Avx2 => KernelChoice::Avx2,
         Isa::Avx512 => KernelChoice::Avx512,
-        Isa::Avx512Bf16 if a_fp8 && b_fp8 => KernelChoice::Avx512Bf16,
+        Isa::Avx512Bf16 if a_exact && b_exact => KernelChoice::Avx512Bf16,
         Isa::Avx512Bf16 => KernelChoice::Avx512,
+    }
+}
+
+/// Smallest magnitude of a bfloat16 operand multiplied by FP8 on the bfloat16 dot-product
+/// kernel, as a biased exponent: 2^-100. Such a value is a multiple of 2^-107 and an FP8
+/// value one of 2^-16, so every product and every partial sum of them is zero or at least
+/// 2^-123 in magnitude, never a float32 denormal that `vdpbf16ps` would flush to zero.
+const BF16_DOT_MIN_EXPONENT: u16 = 127 - 100;
+
+/// Whether `x` may go through the bfloat16 dot-product kernel exactly: FP8, or bfloat16 times
+/// an FP8 `other` with every finite nonzero element of magnitude at least 2^-100 (one pass
+/// over `x`; smaller values keep the float32 kernel).
+///
+/// # Safety
+/// `x` must address its whole matrix.
+unsafe fn bf16_dot_exact(x: &Mat, other: &Mat) -> bool {
+    match x.elems {
+        Elems::Fp8(..) => true,
+        Elems::Bf16(p) if other.is_fp8() => (0..x.rows).all(|r| {
+            (0..x.cols).all(|c| {
+                // SAFETY: (r, c) is inside the matrix.
+                let bits = unsafe { *p.offset(r as isize * x.rs + c as isize * x.cs) }.to_bits();
+                let exp = (bits >> 7) & 0xFF;
+                bits & 0x7FFF == 0 || exp >= BF16_DOT_MIN_EXPONENT
+            })
+        }),
+        _ => false,
     }
 }
 
@@ -580,7 +608,12 @@ unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr
         }
         return;
     }
-    let gemv_max = if a.is_fp8() {
+    // On AVX-512 BF16, bfloat16 activations in range run the bfloat16 kernel like FP8 ones.
+    let dot = isa == Isa::Avx512Bf16;
+    // SAFETY: a and b address their whole matrices (the caller's contract).
+    let (a_exact, b_exact) =
+        unsafe { (dot && bf16_dot_exact(&a, &b), dot && bf16_dot_exact(&b, &a)) };
+    let gemv_max = if a.is_fp8() || a_exact {
         GEMV_MAX_M_FP8
     } else {
         GEMV_MAX_M
@@ -595,7 +628,7 @@ unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr
         unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
         return;
     }
-    let choice = kernel_choice(isa, a.is_fp8(), b.is_fp8());
+    let choice = kernel_choice(isa, a_exact, b_exact);
     // SAFETY: forwarded from the caller.
     unsafe { driver::gemm(choice, a, b, plan, c, ldc) };
 }

@@ -623,3 +623,49 @@ fn axpy_shapes_views_nan_weights() {
         }
     }
 }
+
+/// Bfloat16 activations times FP8 weights on every ISA (the bfloat16 dot-product kernel on
+/// AVX-512 BF16) on the blocked path, both weight layouts, edge sizes around the 14 x 32
+/// register block and the pair packing (odd K): ordinary values, magnitudes down to 2^-100
+/// (still the dot kernel; products reach 2^-123 with E5M2 subnormal weights), and below it,
+/// bfloat16 denormals included (the float32 kernel then runs; `vdpbf16ps` would flush them).
+#[test]
+fn bf16_activations_times_fp8_blocked() {
+    let mut rng = Rng(57);
+    for isa in arch::available() {
+        for &(m, n, k) in &[(33, 33, 7), (43, 65, 131), (15, 31, 770)] {
+            for fmt in [Format::E4M3, Format::E5M2] {
+                for &low in &[1.0f32, 2f32.powi(-100), 2f32.powi(-101), 2f32.powi(-130)] {
+                    for fortran in [false, true] {
+                        let a = Array2::from_shape_fn((m, k), |(i, p)| {
+                            let v = rng.f32();
+                            let v = if low == 1.0 {
+                                v
+                            } else {
+                                v.signum() * (1.0 + v.abs()) * low
+                            };
+                            bf16::from_f32(if (i + p) % 7 == 0 { 0.0 } else { v })
+                        });
+                        // Subnormal weight codes (E5M2 down to 2^-16) in every column.
+                        let w = Array2::from_shape_fn((k, n).set_f(fortran), |(p, j)| {
+                            if (p + j) % 5 == 0 {
+                                1
+                            } else {
+                                rng.fp8(fmt)
+                            }
+                        });
+                        let a = Data::Bf16(a);
+                        let b = Data::Fp8(w, fmt);
+                        let plain = Scales {
+                            block: 128,
+                            ..Default::default()
+                        };
+                        let c = run(isa, &a, &b, &plain, m, n);
+                        let what = format!("{isa} {fmt:?} {m}x{n}x{k} low {low:e} f {fortran}");
+                        check_bound(&c, &a.values(), &b.values(), &what);
+                    }
+                }
+            }
+        }
+    }
+}
