@@ -51,8 +51,17 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     };
     // As in the GEMV path: scale the activations by 2^8 instead of every decoded E4M3 weight
     // when that is exact.
+    // One row times E4M3 weights on AVX-512 with VBMI decodes by table lookup
+    // (`arch::x86_64::avx512::axpy::axpy_table_e4m3`), exact, with unscaled activations.
+    #[cfg(target_arch = "x86_64")]
+    let table = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && m == 1
+        && fmt == Format::E4M3
+        && arch::x86_64::has_avx512vbmi();
+    #[cfg(not(target_arch = "x86_64"))]
+    let table = false;
     let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    if weights == Weights::E4M3 && isa != Isa::Scalar && safe {
+    if weights == Weights::E4M3 && isa != Isa::Scalar && safe && !table {
         x.iter_mut().for_each(|v| *v *= 256.0);
         weights = Weights::E4M3TimesTwoPowMinus8;
     }
@@ -68,6 +77,8 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         }
     }
     let kernel: AxpyFn = match isa {
+        #[cfg(target_arch = "x86_64")]
+        _ if table => arch::x86_64::avx512::axpy::axpy_table_e4m3,
         Isa::Scalar => arch::portable::axpy::axpy,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => arch::x86_64::avx2::axpy::axpy_avx2,
@@ -90,7 +101,9 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     let item = |it: usize| {
         let j0 = it * cols;
         let ncols = cols.min(n - j0);
-        let mut part = vec![0.0f32; m.min(ROW_GROUP) * ncols];
+        // Rows padded to whole 64-column blocks (the table kernel's unit).
+        let ldo = ncols.div_ceil(64) * 64;
+        let mut part = vec![0.0f32; m.min(ROW_GROUP) * ldo];
         let mut sa = vec![1.0f32; m];
         let mut sb = vec![1.0f32; ncols];
         for (kb, k0) in (0..k).step_by(seg).enumerate() {
@@ -104,7 +117,7 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
                 let rows = ROW_GROUP.min(m - g0);
                 // SAFETY: rows k0..k0+klen, columns j0..j0+ncols of B are inside B (unit
                 // column stride); the group's xt holds k * rows floats, from K step k0 at
-                // k0 * rows; `part` holds rows x ncols floats; the kernel was
+                // k0 * rows; `part` holds rows x ldo floats (ldo >= ncols, a multiple of 64); the kernel was
                 // chosen from an available ISA.
                 unsafe {
                     kernel(
@@ -116,12 +129,12 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
                         ncols,
                         weights,
                         part.as_mut_ptr(),
-                        ncols,
+                        ldo,
                     )
                 };
                 for r in 0..rows {
                     let i = g0 + r;
-                    let src = &part[r * ncols..(r + 1) * ncols];
+                    let src = &part[r * ldo..r * ldo + ncols];
                     for (j, (&v, &s)) in src.iter().zip(&sb).enumerate() {
                         let t = v * s;
                         // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.

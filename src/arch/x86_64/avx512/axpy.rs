@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use crate::arch::x86_64::avx512::gemv::{
-    decode16_e4m3, decode16_e4m3_scaled_no_nan, decode16_e5m2,
+    decode16_e4m3, decode16_e4m3_scaled_no_nan, decode16_e5m2, E4m3Bf16Tables,
 };
 use crate::gemm::gemv::Weights;
 
@@ -161,5 +161,102 @@ unsafe fn axpy512<const R: usize, const CV: usize>(
             j += step;
         }
         p0 += P;
+    }
+}
+
+/// One activation row times E4M3 weights on CPUs with AVX-512 VBMI: 64 weight bytes at a
+/// time are decoded by two `vpermi2b` lookups of their bfloat16 pattern
+/// ([`E4m3Bf16Tables`]: NaN codes become a bfloat16 NaN) and byte / word unpacks that widen
+/// them to float32, about half the instructions of the binary16 decode; NaN needs no
+/// scan. The unpacks work within 128-bit lanes, so vector `v`, lane `L`, element `i` holds
+/// column `16 L + 4 v + i` of the 64: the accumulators live in `out` in that order between
+/// passes and are put back in column order at the end. The products and their order are
+/// those of [`axpy_avx512`], so the results are bitwise the same.
+///
+/// # Safety
+/// AVX-512 F + BW + VL + VBMI available; as `gemm::axpy::AxpyFn` with `rows == 1`, and `out`
+/// holds `ncols` rounded up to a multiple of 64 floats; `xt` holds the activations
+/// unscaled (weights decode to their exact values).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn axpy_table_e4m3(
+    klen: usize,
+    xt: *const f32,
+    rows: usize,
+    w: *const u8,
+    ldw: isize,
+    ncols: usize,
+    _weights: Weights,
+    out: *mut f32,
+    _ldo: usize,
+) {
+    debug_assert_eq!(rows, 1);
+    let tables = E4m3Bf16Tables::new();
+    // SAFETY: weight loads are masked to the `ncols` bytes of each row; `out` holds whole
+    // 64-column blocks (padded); xt holds klen floats.
+    unsafe {
+        let high0 = _mm512_loadu_si512(tables.high.as_ptr().cast());
+        let high1 = _mm512_loadu_si512(tables.high[64..].as_ptr().cast());
+        let low0 = _mm512_loadu_si512(tables.low.as_ptr().cast());
+        let low1 = _mm512_loadu_si512(tables.low[64..].as_ptr().cast());
+        let sign = _mm512_set1_epi8(-128);
+        let zero = _mm512_setzero_si512();
+        let mut p0 = 0;
+        while p0 < klen {
+            let plen = P.min(klen - p0);
+            let rows = w.wrapping_offset(p0 as isize * ldw);
+            let mut j = 0;
+            while j < ncols {
+                let n = (ncols - j).min(64);
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                let o = out.add(j);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                if p0 > 0 {
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(o.add(16 * v));
+                    }
+                }
+                for pp in 0..plen {
+                    let row = rows.offset(pp as isize * ldw).add(j);
+                    let v = _mm512_maskz_loadu_epi8(mask, row.cast());
+                    let high = _mm512_permutex2var_epi8(high0, v, high1);
+                    let low = _mm512_permutex2var_epi8(low0, v, low1);
+                    // high | (v & sign), ternary-logic truth table A | (B & C).
+                    let high = _mm512_ternarylogic_epi32::<0xF8>(high, v, sign);
+                    let h0 = _mm512_unpacklo_epi8(low, high);
+                    let h1 = _mm512_unpackhi_epi8(low, high);
+                    let d = [
+                        _mm512_unpacklo_epi16(zero, h0),
+                        _mm512_unpackhi_epi16(zero, h0),
+                        _mm512_unpacklo_epi16(zero, h1),
+                        _mm512_unpackhi_epi16(zero, h1),
+                    ];
+                    let xv = _mm512_set1_ps(*xt.add(p0 + pp));
+                    for (a, dv) in acc.iter_mut().zip(d) {
+                        *a = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(dv), *a);
+                    }
+                }
+                for (v, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o.add(16 * v), *a);
+                }
+                j += 64;
+            }
+            p0 += P;
+        }
+        // Back to column order: position 16 v + 4 L + i holds column 16 L + 4 v + i.
+        let mut j = 0;
+        while j < ncols {
+            let o = out.add(j);
+            let mut cols = [0.0f32; 64];
+            for v in 0..4 {
+                for lane in 0..4 {
+                    for i in 0..4 {
+                        cols[16 * lane + 4 * v + i] = *o.add(16 * v + 4 * lane + i);
+                    }
+                }
+            }
+            std::ptr::copy_nonoverlapping(cols.as_ptr(), o, (ncols - j).min(64));
+            j += 64;
+        }
     }
 }

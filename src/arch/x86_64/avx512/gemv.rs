@@ -209,8 +209,8 @@ unsafe fn dot512<const R: usize, const C: usize, const KIND: u8>(
 /// byte is above that of any finite magnitude (448 is 0x43E0): the kernel recognizes NaN
 /// by that byte alone.
 pub(crate) struct E4m3Bf16Tables {
-    high: [u8; 128],
-    low: [u8; 128],
+    pub(crate) high: [u8; 128],
+    pub(crate) low: [u8; 128],
 }
 
 /// High bytes from here up belong to NaN only.
