@@ -114,7 +114,7 @@ def test_shapes_e4m3(isa, m, n, k):
 
 @pytest.mark.parametrize("ka", list(KINDS))
 @pytest.mark.parametrize("kb", list(KINDS))
-# (GEMV path: m <= 32 with FP8 activations, m <= 128 with wider ones; blocked GEMM above.)
+# (Small-m paths up to the CPU's crossovers, 16-128 rows; blocked GEMM above.)
 @pytest.mark.parametrize("m,n,k", [(37, 45, 300), (3, 70, 130), (150, 40, 200)])
 def test_dtype_combinations(isa, ka, kb, m, n, k):
     rng = np.random.default_rng(len(ka) * 31 + len(kb) + m)

@@ -136,8 +136,11 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
     Notes
     -----
     NaN and infinity propagate to the outputs whose row and column they touch, and nowhere
-    else. Up to 32 rows times FP8 weights stored along K (``w.T``) take a GEMV path that
-    streams the FP8 bytes (4x fewer than float32).
+    else; a non-finite scale is applied to each element as in the float64 reference
+    (``0 * inf`` is NaN). A few rows times FP8 weights (up to 48-128 rows, by CPU and
+    activation dtype) take paths that stream the FP8 bytes instead of packing them: a GEMV
+    path for weights stored along K (``w.T``) and an axpy path for weights stored
+    ``[in, out]`` (``x @ w``, 16-24 rows).
 
     Examples
     --------
@@ -248,8 +251,8 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
 
     A thin convenience over :func:`matmul` for checkpoint layouts (compressed-tensors,
     DeepSeek-V3 / FineGrainedFP8): ``w`` is used through the transposed view ``w.T``
-    (no copy), which takes the GEMV path for up to 32 rows of ``x``. For a ``[in, out]``
-    weight (``x @ w``), call :func:`matmul` directly: up to 8 rows take the axpy path.
+    (no copy), which takes the GEMV path for a few rows of ``x``. For an ``[in, out]``
+    weight (``x @ w``), call :func:`matmul` directly.
 
     Parameters
     ----------

@@ -386,18 +386,55 @@ unsafe fn bf16_dot_exact(x: &Mat, other: &Mat) -> bool {
     }
 }
 
-/// Largest `m` that takes the GEMV path (FP8 weights stored along K) with float32 / float16 /
-/// bfloat16 activations. Measured on Zen 4 with 4096 x 4096 E4M3 weights: the GEMV path (rows
-/// in groups of 8, the weights re-read from L2) beats packing the weights into float32 panels
-/// for the blocked GEMM up to about this size.
-pub const GEMV_MAX_M: usize = 128;
+/// Largest `m` per small-m path, by the kind of activations: the blocked GEMM takes over
+/// above. Crossovers measured with 4096 x 4096 E4M3 weights, one thread, small-m path time
+/// against blocked time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crossovers {
+    /// GEMV (weights stored along K, `w.T`), float32 / float16 / bfloat16 activations.
+    pub gemv: usize,
+    /// GEMV, FP8 activations (or bfloat16 ones on the `vdpbf16ps` kernel).
+    pub gemv_fp8: usize,
+    /// Axpy (weights stored `[in, out]`, `x @ w`), wider activations.
+    pub axpy: usize,
+    /// Axpy, FP8 activations.
+    pub axpy_fp8: usize,
+}
 
-/// The same bound for FP8 activations, where the blocked GEMM runs the (twice as fast)
-/// bfloat16 kernel on AVX-512 BF16 CPUs.
-pub const GEMV_MAX_M_FP8: usize = 32;
+/// Where the bfloat16 dot-product kernel is the fast one (AMD Zen 4, measured 2026-11-29):
+/// the GEMV path (rows in groups of 8, the weights re-read from L2) beats packing the weights
+/// into float32 panels up to m = 128, and the twice-as-fast bfloat16 kernel for FP8
+/// activations from m = 32. (Axpy: as below, not measured on Zen 4.)
+pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
+    gemv: 128,
+    gemv_fp8: 32,
+    axpy: 24,
+    axpy_fp8: 16,
+};
 
-/// Largest `m` that takes the axpy path (FP8 weights stored `[in, out]`, `x @ w`).
-pub const AXPY_MAX_M: usize = 8;
+/// Elsewhere (Intel Xeon, Emerald-Rapids class, measured 2026-12-06; ms, small-m / blocked):
+/// - GEMV, float32: m = 32 16.1 / 23.8, 48 24.0 / 27.0, 64 31.9 / 29.4, 128 66 / 45;
+/// - GEMV, E4M3 (blocked on the FMA kernel): m = 48 17.9 / 25.3, 64 24.2 / 28.1;
+/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3;
+/// - axpy, E4M3: m = 16 12.2 / 17.0, 24 16.6 / 15.5.
+pub const CROSSOVERS_FMA: Crossovers = Crossovers {
+    gemv: 48,
+    gemv_fp8: 64,
+    axpy: 24,
+    axpy_fp8: 16,
+};
+
+/// The crossovers of this CPU.
+pub fn crossovers() -> Crossovers {
+    #[cfg(target_arch = "x86_64")]
+    if arch::x86_64::bf16_dot_is_fast() {
+        return CROSSOVERS_BF16_DOT;
+    }
+    CROSSOVERS_FMA
+}
+
+/// Largest `m` of any small-m path (buffers of that many rows).
+pub const SMALL_M_MAX: usize = 128;
 
 /// `out = (a * scale_a) @ (b * scale_b)` with `numpy.matmul` shapes: `a` is `(..., m, k)`,
 /// `b` is `(..., k, n)`, the batch dimensions broadcast, `out` is `(batch..., m, n)`.
@@ -613,17 +650,18 @@ unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr
     // SAFETY: a and b address their whole matrices (the caller's contract).
     let (a_exact, b_exact) =
         unsafe { (dot && bf16_dot_exact(&a, &b), dot && bf16_dot_exact(&b, &a)) };
-    let gemv_max = if a.is_fp8() || a_exact {
-        GEMV_MAX_M_FP8
+    let cross = crossovers();
+    let (gemv_max, axpy_max) = if a.is_fp8() || a_exact {
+        (cross.gemv_fp8, cross.axpy_fp8)
     } else {
-        GEMV_MAX_M
+        (cross.gemv, cross.axpy)
     };
     if m <= gemv_max && b.is_fp8() && (b.rs == 1 || k == 1) {
         // SAFETY: forwarded from the caller.
         unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
         return;
     }
-    if m <= AXPY_MAX_M && b.is_fp8() && (b.cs == 1 || n == 1) {
+    if m <= axpy_max && b.is_fp8() && (b.cs == 1 || n == 1) {
         // SAFETY: forwarded from the caller.
         unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
         return;

@@ -263,7 +263,7 @@ fn thread_count_does_not_change_results() {
     let mut rng = Rng(3);
     for isa in arch::available() {
         // (b_fortran: weights stored along K, `w.T`; otherwise `[in, out]`, the axpy path
-        // for m <= AXPY_MAX_M.)
+        // for small m.)
         for &(m, n, k, kind, b_fortran) in &[
             (300, 200, 300, Kind::E4M3, true),
             (4, 1000, 300, Kind::F32, true),
@@ -551,7 +551,7 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
     }
 }
 
-/// The axpy path (m <= AXPY_MAX_M, FP8 weights `[in, out]` with contiguous columns) on every
+/// The axpy path (m <= crossovers().axpy, FP8 weights `[in, out]` with contiguous columns) on every
 /// ISA: M, N and K around the kernels' register blocks (16 / 8 columns per vector, up to 8
 /// vectors, 4 weight rows per pass), misaligned views with a row stride wider than N, NaN
 /// codes, and block scales along K; compared with the float64 reference (and its NaN
@@ -560,7 +560,7 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
 fn axpy_shapes_views_nan_weights() {
     let mut rng = Rng(41);
     for isa in arch::available() {
-        for m in 1..=AXPY_MAX_M {
+        for m in 1..=crossovers().axpy {
             for &k in &[1usize, 2, 3, 4, 5, 9, 65, 130] {
                 for &n in &[1usize, 7, 16, 17, 33, 64, 65, 97, 129, 200] {
                     for fmt in [Format::E4M3, Format::E5M2] {
