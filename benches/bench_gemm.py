@@ -23,6 +23,15 @@ GEMV 8x4096x4096 f32 x E4M3 (w.T)           --           4.0-4.6 (avx2: 2.4-2.6)
 2 threads vs 1, 2048^3 (wall time)          --           1.75-1.90
 ==========================================  ===========  ==========================
 
+FP8-weight products against what a CPU user would call instead (``PeerGrid``, and the table
+printed by ``OPENBLAS_NUM_THREADS=1 python benches/bench_gemm.py [m,m,...]``): m = 1, 8, 32,
+128, 512, 2048 rows times 4096 x 4096 E4M3 weights stored ``[in, out]`` (``x @ w``) or
+``[out, in]`` (``x @ w.T``), float32 / bfloat16 / E4M3 activations, against numpy float32
+matmul and, when torch is installed, torch's bfloat16 matmul and ``torch._scaled_mm``
+(E4M3 x E4M3). Targets: m = 1 >= 3x numpy sgemv and >= 1.8x torch; m = 8, 32 >= 1.5x numpy;
+bfloat16 / E4M3 activations at m >= 32 >= 1.0x torch; float32 at m >= 128 >= 1.0x numpy.
+README lists a run.
+
 The ``track_*`` benchmarks report those ratios directly (median of interleaved A/B timings, so
 that machine noise affects both sides alike). Run numpy comparisons with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset, e.g. ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE asv run``.

@@ -10,8 +10,9 @@
 //! One rule for every architecture and algorithm: `arch/<architecture>/<level>/<algorithm>.rs`,
 //! and `arch/portable/<algorithm>.rs` for the level every CPU runs. The algorithms are `codec`
 //! (FP8 encode / decode), `quant` (amax, scale-and-encode, stochastic rounding, table lookup),
-//! `gemm` (the blocked GEMM's microkernel and packing helpers) and `gemv` (the streaming
-//! few-row kernels). A level without a kernel of its own for an algorithm uses the level
+//! `gemm` (the blocked GEMM's microkernel and packing helpers), `gemv` (the streaming
+//! few-row kernels for weights stored along K) and `axpy` (the streaming few-row kernels for
+//! weights stored `[in, out]`). A level without a kernel of its own for an algorithm uses the level
 //! below it (the `avx512bf16` level has only `gemm.rs`). Generic bodies that several levels
 //! compile with their own features stay with their algorithm (`quant::kernels`,
 //! `gemm::driver`), marked `#[inline(always)]`; helpers shared by two levels live in the lower

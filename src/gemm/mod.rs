@@ -23,8 +23,9 @@
 //! results are bitwise independent of the number of threads. The first K block overwrites C
 //! (beta = 0), so whatever `out` held before (NaN included) never leaks into the result.
 //!
-//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path (`gemv.rs`),
-//! which streams the FP8 bytes straight from memory.
+//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path (`gemv.rs`), and
+//! with FP8 weights stored `[in, out]` (unit column stride) the axpy path (`axpy.rs`); both
+//! stream the FP8 bytes straight from memory. The crossovers are measured ([`crossovers`]).
 
 use half::{bf16, f16};
 use ndarray::{ArrayView2, ArrayViewD, ArrayViewMutD};

@@ -1,6 +1,6 @@
 //! x86-64 kernels and the feature detection that guards them: one folder per level
 //! (`avx2/`, `avx512/`, `avx512bf16/`), one file per algorithm in each (`codec.rs`,
-//! `quant.rs`, `gemm.rs`, `gemv.rs`), as for every architecture under `arch/`.
+//! `quant.rs`, `gemm.rs`, `gemv.rs`, `axpy.rs`), as for every architecture under `arch/`.
 //!
 //! Each level detects exactly the features its kernels are compiled with
 //! (`#[target_feature(enable = ...)]`), so a kernel never runs on a CPU that lacks one.
