@@ -23,11 +23,21 @@ GEMV 8x4096x4096 f32 x E4M3 (w.T)           --           4.0-4.6 (avx2: 2.4-2.6)
 2 threads vs 1, 2048^3 (wall time)          --           1.75-1.90
 ==========================================  ===========  ==========================
 
+FP8-weight products against what a CPU user would call instead (``PeerGrid``, and the table
+printed by ``OPENBLAS_NUM_THREADS=1 python benches/bench_gemm.py [m,m,...]``): m = 1, 8, 32,
+128, 512, 2048 rows times 4096 x 4096 E4M3 weights stored ``[in, out]`` (``x @ w``) or
+``[out, in]`` (``x @ w.T``), float32 / bfloat16 / E4M3 activations, against numpy float32
+matmul and, when torch is installed, torch's bfloat16 matmul and ``torch._scaled_mm``
+(E4M3 x E4M3). Targets: m = 1 >= 3x numpy sgemv and >= 1.8x torch; m = 8, 32 >= 1.5x numpy;
+bfloat16 / E4M3 activations at m >= 32 >= 1.0x torch; float32 at m >= 128 >= 1.0x numpy.
+README lists a run.
+
 The ``track_*`` benchmarks report those ratios directly (median of interleaved A/B timings, so
 that machine noise affects both sides alike). Run numpy comparisons with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset, e.g. ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE asv run``.
 """
 
+import sys
 import time
 
 import ml_dtypes
@@ -45,6 +55,18 @@ except ImportError:  # pragma: no cover
     threadpool_limits = None
 
 E4M3 = ml_dtypes.float8_e4m3fn
+BF16 = ml_dtypes.bfloat16
+
+try:  # optional peers: torch's bfloat16 matmul (oneDNN) and torch._scaled_mm
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+# The grid of the FP8-weight targets: m rows times k x n E4M3 weights stored either way.
+GRID_M = (1, 8, 32, 128, 512, 2048)
+GRID_KN = 4096
+LAYOUTS = ("in_out", "out_in")  # x @ w with w [in, out] (K x N) / x @ w.T with w [out, in]
+ACTIVATIONS = ("f32", "bf16", "e4m3")
 
 
 def _single_thread(obj, n=1):
@@ -188,3 +210,129 @@ class Threads:
         return float(np.median(ratios))
 
     track_speedup_2_threads.unit = "x"
+
+
+def _cpu_time(f, reps):
+    """Best thread CPU time of `reps` calls (one warm-up first): the machine is shared, and a
+    single-threaded call's CPU time is what preemption leaves intact."""
+    f()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.thread_time()
+        f()
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
+class _Problem:
+    """One grid point: activations, E4M3 weights in a layout, and the peers' operands."""
+
+    def __init__(self, m, layout, act, k=GRID_KN, n=GRID_KN, seed=0):
+        rng = np.random.default_rng(seed)
+        x32 = rng.standard_normal((m, k), dtype=np.float32)
+        w32 = rng.standard_normal((k, n), dtype=np.float32)  # [in, out]
+        if layout == "out_in":
+            w32 = np.ascontiguousarray(w32.T).T  # the K x N view of an [out, in] array
+        self.w8 = w32.astype(E4M3, order="K")
+        self.x = {"f32": x32, "bf16": x32.astype(BF16), "e4m3": x32.astype(E4M3)}[act]
+        self.x32, self.w32 = x32, w32
+        self.flops = 2 * m * k * n
+        self.torch = self.scaled = None
+        if torch is not None:
+            wt = torch.from_numpy(np.ascontiguousarray(w32) if layout == "in_out"
+                                  else np.ascontiguousarray(w32.T)).to(torch.bfloat16)
+            self.torch = (torch.from_numpy(x32).to(torch.bfloat16),
+                          wt if layout == "in_out" else wt.t())
+            if act == "e4m3":
+                one = torch.tensor(1.0)
+                x8 = torch.from_numpy(x32).to(torch.float8_e4m3fn)
+                w8 = self.torch[1].to(torch.float8_e4m3fn)
+                if layout == "out_in":
+                    w8 = w8.t().contiguous().t()
+                try:
+                    torch._scaled_mm(x8, w8, scale_a=one, scale_b=one, out_dtype=torch.float32)
+                    self.scaled = lambda: torch._scaled_mm(x8, w8, scale_a=one, scale_b=one,
+                                                           out_dtype=torch.float32)
+                except (RuntimeError, NotImplementedError):
+                    pass
+
+    def fp8fast(self):
+        matmul(self.x, self.w8)
+
+    def numpy(self):
+        self.x32 @ self.w32
+
+    def torch_bf16(self):
+        self.torch[0] @ self.torch[1]
+
+
+def ratio_table(ms=GRID_M, reps=3, file=sys.stdout):
+    """Print time(peer) / time(fp8fast) over the grid, one thread, every ratio from one run.
+
+    Run as ``OPENBLAS_NUM_THREADS=1 python benches/bench_gemm.py`` with OPENBLAS_CORETYPE and
+    OPENBLAS_L2_SIZE unset.
+    """
+    prev = core.get_num_threads()
+    core.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    print("| m | weights | activations | fp8fast GFLOP/s | vs numpy f32 | vs torch bf16 "
+          "| vs torch._scaled_mm |", file=file)
+    print("|---|---|---|---|---|---|---|", file=file)
+    try:
+        for m in ms:
+            for layout in LAYOUTS:
+                peers = None
+                for act in ACTIVATIONS:
+                    pr = _Problem(m, layout, act)
+                    r = max(1, reps if m >= 128 else 3 * reps)
+                    t = _cpu_time(pr.fp8fast, r)
+                    if peers is None:  # the same for every activation dtype
+                        peers = (_cpu_time(pr.numpy, r),
+                                 _cpu_time(pr.torch_bf16, r) if pr.torch else None)
+                    ts = _cpu_time(pr.scaled, r) if pr.torch and pr.scaled else None
+                    cells = [f"{peers[0] / t:.2f}x",
+                             f"{peers[1] / t:.2f}x" if peers[1] else "-",
+                             f"{ts / t:.2f}x" if ts else "-"]
+                    print(f"| {m} | {layout.replace('_', ', ')} | {act} | {pr.flops / t / 1e9:.0f} | "
+                          + " | ".join(cells) + " |", file=file, flush=True)
+    finally:
+        core.set_num_threads(prev)
+
+
+class PeerGrid:
+    """The issue's grid as asv ratios (one thread): fp8fast against numpy float32 matmul and,
+    when torch is installed, torch's bfloat16 matmul, per m, weight layout and activation
+    dtype, k = n = 4096."""
+
+    params = [list(GRID_M), list(LAYOUTS), list(ACTIVATIONS)]
+    param_names = ["m", "weights", "activations"]
+    timeout = 600
+
+    def setup(self, m, layout, act):
+        _single_thread(self)
+        if torch is not None:
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        self.p = _Problem(m, layout, act)
+
+    def teardown(self, m, layout, act):
+        if torch is not None:
+            torch.set_num_threads(self._torch_threads)
+        _restore(self)
+
+    def track_ratio_vs_numpy_f32(self, m, layout, act):
+        return _cpu_time(self.p.numpy, 3) / _cpu_time(self.p.fp8fast, 3)
+
+    track_ratio_vs_numpy_f32.unit = "x"
+
+    def track_ratio_vs_torch_bf16(self, m, layout, act):
+        if self.p.torch is None:
+            raise NotImplementedError("torch is not installed")
+        return _cpu_time(self.p.torch_bf16, 3) / _cpu_time(self.p.fp8fast, 3)
+
+    track_ratio_vs_torch_bf16.unit = "x"
+
+
+if __name__ == "__main__":
+    ratio_table([int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else GRID_M)

@@ -114,7 +114,7 @@ def test_shapes_e4m3(isa, m, n, k):
 
 @pytest.mark.parametrize("ka", list(KINDS))
 @pytest.mark.parametrize("kb", list(KINDS))
-# (GEMV path: m <= 32 with FP8 activations, m <= 128 with wider ones; blocked GEMM above.)
+# (Small-m paths up to the CPU's crossovers, 16-128 rows; blocked GEMM above.)
 @pytest.mark.parametrize("m,n,k", [(37, 45, 300), (3, 70, 130), (150, 40, 200)])
 def test_dtype_combinations(isa, ka, kb, m, n, k):
     rng = np.random.default_rng(len(ka) * 31 + len(kb) + m)
@@ -348,6 +348,30 @@ def test_linear_layouts(isa):
     assert y16.dtype == np.float16 and y16.shape == (300,)
 
 
+@pytest.mark.parametrize("act", [F32, BF16, E4M3])
+def test_linear_leading_dims_bf16_output_and_out(isa, act):
+    # batch x sequence x in activations in one product (rows = batch * sequence, here 2 x 20
+    # = 40: past the GEMV path), float32 and bfloat16 outputs, bias, and out= views.
+    rng = np.random.default_rng(12)
+    x = rand(rng, (2, 20, 96), act)
+    w = rand(rng, (70, 96), E4M3)
+    bias = rng.standard_normal(70).astype(np.float32)
+    ref, absref, k = reference(x.reshape(40, 96), w.T, None, np.float32(0.25), 128)
+    tol = (k + 3) * 2.0**-23 * (absref + np.abs(bias))
+    y = linear(x, w, np.float32(0.25), bias)
+    assert y.shape == (2, 20, 70) and y.dtype == np.float32
+    assert (np.abs(y.reshape(40, 70) - (ref + bias)) <= tol).all()
+    yb = linear(x, w, np.float32(0.25), bias, out_dtype=BF16)
+    assert yb.shape == (2, 20, 70) and yb.dtype == BF16
+    np.testing.assert_array_equal(yb, y.astype(BF16))
+    out = np.full((2, 20, 70), np.nan, np.float32)
+    assert linear(x, w, np.float32(0.25), out=out) is out
+    assert (np.abs(out.reshape(40, 70) - ref) <= tol).all()
+    out_t = np.full((70, 20, 2), np.nan, np.float32).T  # not reshapeable in place
+    assert linear(x, w, np.float32(0.25), out=out_t) is out_t
+    assert (np.abs(out_t.reshape(40, 70) - ref) <= tol).all()
+
+
 # --------------------------------------------------------------------------------------------
 # Errors name the problem.
 
@@ -446,3 +470,77 @@ def test_gemv_tiny_activations(isa, dtype, m):
         x[:, ::7] = np.float32(2.0**-80) * np.float32(1 + 2.0**-23)
         x[:, 3::11] = 0
         check(matmul(x, w.T), x, w.T)
+
+
+# --------------------------------------------------------------------------------------------
+# Scales, block and scale-shape errors (issue 10, item 10).
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["a", "b", "a_block", "b_col"])
+@pytest.mark.parametrize("m", [1, 3, 40])
+def test_nonfinite_scale_applied_like_the_reference(isa, bad, where, m):
+    # The reference scales each element before its product: 0 * inf is NaN, so a row of a
+    # holding a zero becomes NaN under scale_a = inf (and a column of b under scale_b = inf),
+    # where scaling the float32 sums would give infinities.
+    rng = np.random.default_rng(5)
+    k, n = 70, 45
+    a = np.abs(rand(rng, (m, k), E4M3).astype(np.float32)).astype(E4M3)
+    a[a.astype(np.float32) == 0] = 1
+    a[0, 3] = 0  # row 0 has a zero
+    w = np.abs(rand(rng, (n, k), E4M3).astype(np.float32)).astype(E4M3)
+    w[w.astype(np.float32) == 0] = 1
+    w[2, 5] = 0  # column 2 of b = w.T has a zero
+    w[4, 7] = -1  # column 4 has mixed signs
+    sa = sb = None
+    block = 32
+    if where == "a":
+        sa = np.float32(bad)
+    elif where == "b":
+        sb = np.float32(bad)
+    elif where == "a_block":
+        sa = np.ones((m, -(-k // block)), np.float32)
+        sa[0, 1] = bad
+    else:
+        sb = np.ones((1, n), np.float32)
+        sb[0, 2] = bad
+    with np.errstate(invalid="ignore"):
+        ref, _, _ = reference(a, w.T, sa, sb, block=block)
+    c = matmul(a, w.T, scale_a=sa, scale_b=sb, block=block)
+    np.testing.assert_array_equal(np.isnan(c), np.isnan(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(c[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
+    if fin.any():
+        good = np.flatnonzero(fin.all(axis=0))
+        rows = np.flatnonzero(fin.all(axis=1))
+        if good.size and rows.size:
+            sub_sa = sa
+            if isinstance(sa, np.ndarray) and sa.ndim == 2 and sa.shape[0] == m:
+                sub_sa = sa[rows]
+            sub_sb = sb[:, good] if isinstance(sb, np.ndarray) and sb.ndim == 2 else sb
+            check(c[np.ix_(rows, good)], a[rows], w.T[:, good], sub_sa, sub_sb, block=block)
+
+
+@pytest.mark.parametrize("block", [2.5, "a", True, None, np.float64(4.0)])
+def test_block_must_be_an_integer(block):
+    a = np.ones((3, 4), E4M3)
+    with pytest.raises(TypeError, match=r"block must be an int"):
+        matmul(a, a.T, block=block)
+
+
+def test_block_accepts_numpy_integers():
+    a = np.ones((3, 4), E4M3)
+    np.testing.assert_array_equal(matmul(a, a.T, block=np.int64(2)), np.full((3, 3), 4.0))
+
+
+def test_wrong_scale_shape_lists_the_accepted_shapes():
+    a = np.zeros((3, 4), E4M3)
+    b = np.zeros((4, 2), E4M3)
+    with pytest.raises(ValueError) as e:
+        matmul(a, b, scale_a=np.ones((4, 4), np.float32), block=2)
+    msg = str(e.value)
+    assert "scale_a has shape (4, 4)" in msg, msg
+    assert "one of the shapes (1, 1), (1, 2), (2, 1), (2, 2), (3, 1) or (3, 2)" in msg, msg
+    with pytest.raises(ValueError) as e:
+        matmul(a, b, scale_b=np.ones((3, 2), np.float32))
+    assert "one of the shapes (1, 1) or (1, 2)" in str(e.value), str(e.value)

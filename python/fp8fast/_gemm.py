@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import ml_dtypes
 import numpy as np
 
@@ -59,6 +61,20 @@ def _scale(s, name, per_row):
     if s.ndim == 1:
         return s.reshape(-1, 1) if per_row else s.reshape(1, -1)
     return s
+
+
+def _block_size(block):
+    """The block size as an int: integers only (``2.5`` or ``'a'`` is a TypeError, as for
+    :func:`fp8fast.quantize`), at least 1."""
+    if isinstance(block, (bool, np.bool_)):
+        raise TypeError(f"block must be an int, got {block!r}")
+    try:
+        block = operator.index(block)
+    except TypeError:
+        raise TypeError(f"block must be an int, got {block!r}") from None
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    return block
 
 
 def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=128,
@@ -120,8 +136,11 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
     Notes
     -----
     NaN and infinity propagate to the outputs whose row and column they touch, and nowhere
-    else. Up to 32 rows times FP8 weights stored along K (``w.T``) take a GEMV path that
-    streams the FP8 bytes (4x fewer than float32).
+    else; a non-finite scale is applied to each element as in the float64 reference
+    (``0 * inf`` is NaN). A few rows times FP8 weights (up to 48-128 rows, by CPU and
+    activation dtype) take paths that stream the FP8 bytes instead of packing them: a GEMV
+    path for weights stored along K (``w.T``) and an axpy path for weights stored
+    ``[in, out]`` (``x @ w``, 16-24 rows).
 
     Examples
     --------
@@ -161,9 +180,7 @@ def matmul(a, b, *, scale_a=None, scale_b=None, out_dtype=None, out=None, block=
         shape = shape[:-1]
     if a_vec:
         shape = shape[:-2] + shape[-1:] if not b_vec else shape[:-1]
-    block = int(block)
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    block = _block_size(block)
     sa = _scale(scale_a, "scale_a", per_row=True)
     sb = _scale(scale_b, "scale_b", per_row=False)
 
@@ -234,12 +251,14 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
 
     A thin convenience over :func:`matmul` for checkpoint layouts (compressed-tensors,
     DeepSeek-V3 / FineGrainedFP8): ``w`` is used through the transposed view ``w.T``
-    (no copy), which takes the GEMV path for up to 32 rows of ``x``.
+    (no copy), which takes the GEMV path for a few rows of ``x``. For an ``[in, out]``
+    weight (``x @ w``), call :func:`matmul` directly.
 
     Parameters
     ----------
     x : array_like
-        Activations ``(..., in)``: float32, float16, bfloat16 or FP8.
+        Activations ``(..., in)``: float32, float16, bfloat16 or FP8. Leading dimensions
+        (batch x sequence) form the rows of one product.
     w : array_like
         Weight ``(out, in)``: FP8 (or ``uint8`` bits with ``fmt``) or a wider float type.
     w_scale : array_like, optional
@@ -274,6 +293,22 @@ def linear(x, w, w_scale=None, bias=None, *, x_scale=None, out_dtype=None, out=N
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"linear: w must be a 2-D [out, in] weight, got shape {w.shape}")
+    x = np.asarray(x)
+    if x.ndim > 2 and (x_scale is None or np.ndim(x_scale) == 0):
+        # Leading dimensions (batch x sequence) are rows of one product: one call with
+        # m = batch * sequence, not one per batch entry.
+        lead = x.shape[:-1]
+        flat_out = None
+        if out is not None:
+            flat_out = out.view()
+            try:
+                flat_out.shape = (-1, out.shape[-1])  # a view, never a copy
+            except AttributeError:
+                flat_out = None
+        if out is None or flat_out is not None:
+            y = linear(x.reshape(-1, x.shape[-1]), w, w_scale, bias, x_scale=x_scale,
+                       out_dtype=out_dtype, out=flat_out, fmt=fmt, block=block)
+            return out if out is not None else y.reshape(lead + y.shape[-1:])
     sb = None
     if w_scale is not None:
         s = np.asarray(w_scale)

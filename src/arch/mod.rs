@@ -11,8 +11,9 @@
 //! One rule for every architecture and algorithm: `arch/<architecture>/<level>/<algorithm>.rs`,
 //! and `arch/portable/<algorithm>.rs` for the level every CPU runs. The algorithms are `codec`
 //! (FP8 encode / decode), `quant` (amax, scale-and-encode, stochastic rounding, table lookup),
-//! `gemm` (the blocked GEMM's microkernel and packing helpers) and `gemv` (the streaming
-//! few-row kernels). A level without a kernel of its own for an algorithm uses the level
+//! `gemm` (the blocked GEMM's microkernel and packing helpers), `gemv` (the streaming
+//! few-row kernels for weights stored along K) and `axpy` (the streaming few-row kernels for
+//! weights stored `[in, out]`). A level without a kernel of its own for an algorithm uses the level
 //! below it (the `avx512bf16` level has only `gemm.rs`). Generic bodies that several levels
 //! compile with their own features stay with their algorithm (`quant::kernels`,
 //! `gemm::driver`), marked `#[inline(always)]`; helpers shared by two levels live in the lower
@@ -125,9 +126,16 @@ pub fn available() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
 }
 
-/// The most capable level this CPU can run.
+/// The fastest level this CPU can run: the most capable one, except that `avx512bf16` (which
+/// differs from `avx512` only by the `vdpbf16ps` GEMM kernel) is skipped where that kernel
+/// is the slower one ([`x86_64::bf16_dot_is_fast`]).
 pub fn best() -> Isa {
-    *available().last().unwrap_or(&Isa::Scalar)
+    let levels = available();
+    #[cfg(target_arch = "x86_64")]
+    if levels.last() == Some(&Isa::Avx512Bf16) && !x86_64::bf16_dot_is_fast() {
+        return Isa::Avx512;
+    }
+    *levels.last().unwrap_or(&Isa::Scalar)
 }
 
 const UNSET: u8 = u8::MAX;

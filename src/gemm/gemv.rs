@@ -1,4 +1,4 @@
-//! The GEMV path: `m <= GEMV_MAX_M` (32) rows times FP8 weights stored along K (`b = w.T` of an
+//! The GEMV path: `m <= crossovers().gemv` rows times FP8 weights stored along K (`b = w.T` of an
 //! `[out, in]` weight, so column `j` of `b` is the contiguous row `w[j]`).
 //!
 //! Each output is a dot product of an activation row with a weight row. The activation rows
@@ -6,9 +6,9 @@
 //! streamed from memory exactly once, as bytes. Unlike the GEMM microkernel, these kernels
 //! decode FP8 in registers: this path is bound by memory bandwidth (one multiply-add per
 //! weight byte per row), so a few extra instructions per 16 bytes are free, while packing the
-//! weights first would write and re-read 4x the bytes the path exists to avoid. Up to 32 rows
-//! this beats packing: rows go in groups of 8 over 64-column slices of the weights that stay
-//! in L2 between groups.
+//! weights first would write and re-read 4x the bytes the path exists to avoid. Up to the
+//! measured crossovers (`super::crossovers`) this beats packing: rows go in groups of 8 over
+//! 64-column slices of the weights that stay in L2 between groups.
 //!
 //! One activation row times E4M3 weights (LLM decoding) has one more kernel where the CPU has
 //! AVX-512 VBMI: `vpermi2b` looks up the bfloat16 pattern of 64 weight bytes at a time in two
@@ -50,7 +50,7 @@ const COLS_PER_ITEM: usize = 64;
 const ROW_GROUP: usize = 8;
 
 /// # Safety
-/// As [`super::compute`]; `b` is FP8 with `b.rs == 1` (or `k == 1`), `a.rows <= GEMV_MAX_M`.
+/// As [`super::compute`]; `b` is FP8 with `b.rs == 1` (or `k == 1`), `a.rows <= SMALL_M_MAX`.
 pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let Elems::Fp8(_, fmt) = b.elems else {
@@ -117,7 +117,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         let j0 = it * COLS_PER_ITEM;
         let ncols = COLS_PER_ITEM.min(n - j0);
         let mut part = [0.0f32; ROW_GROUP * COLS_PER_ITEM];
-        let mut sa = [1.0f32; super::GEMV_MAX_M];
+        let mut sa = [1.0f32; super::SMALL_M_MAX];
         let mut sb = [1.0f32; COLS_PER_ITEM];
         for (kb, k0) in (0..k).step_by(seg).enumerate() {
             let klen = seg.min(k - k0);
@@ -214,7 +214,7 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f
 ///
 /// # Safety
 /// `a` must address its whole matrix.
-unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
+pub(crate) unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
     let base = i as isize * a.rs;
     macro_rules! gather {
         ($p:expr, $conv:expr) => {

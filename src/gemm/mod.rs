@@ -23,8 +23,9 @@
 //! results are bitwise independent of the number of threads. The first K block overwrites C
 //! (beta = 0), so whatever `out` held before (NaN included) never leaks into the result.
 //!
-//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path (`gemv.rs`),
-//! which streams the FP8 bytes straight from memory.
+//! Small `m` with FP8 weights stored along K (`b = w.T`) takes the GEMV path (`gemv.rs`), and
+//! with FP8 weights stored `[in, out]` (unit column stride) the axpy path (`axpy.rs`); both
+//! stream the FP8 bytes straight from memory. The crossovers are measured ([`crossovers`]).
 
 use half::{bf16, f16};
 use ndarray::{ArrayView2, ArrayViewD, ArrayViewMutD};
@@ -33,6 +34,7 @@ use crate::arch::{self, Isa};
 use crate::error::{Error, Result};
 use crate::format::Format;
 
+pub(crate) mod axpy;
 pub(crate) mod driver;
 pub(crate) mod gemv;
 mod pack;
@@ -151,6 +153,25 @@ impl Mat {
     pub(crate) fn is_fp8(&self) -> bool {
         matches!(self.elems, Elems::Fp8(..))
     }
+
+    /// Element `(r, c)` as float64.
+    ///
+    /// # Safety
+    /// `(r, c)` must be inside the matrix, whose pointer addresses all of it.
+    unsafe fn get(&self, r: usize, c: usize) -> f64 {
+        let off = r as isize * self.rs + c as isize * self.cs;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self.elems {
+                Elems::Fp8(p, f) => {
+                    f64::from(crate::scalar::tables::f32_table(f)[usize::from(*p.offset(off))])
+                }
+                Elems::F32(p) => f64::from(*p.offset(off)),
+                Elems::F16(p) => f64::from((*p.offset(off)).to_f32()),
+                Elems::Bf16(p) => f64::from((*p.offset(off)).to_f32()),
+            }
+        }
+    }
 }
 
 /// How one dimension of a scale array maps an index to a scale entry.
@@ -249,6 +270,34 @@ fn dim_map(len: usize, full: usize, block: usize) -> Option<ScaleMap> {
     }
 }
 
+/// The 2-D scale shapes accepted for an operand with `outer` rows (`a`) or columns (`b`)
+/// and `kb` K blocks, listed plainly: `"(1, 1), (3, 1) or (3, 2)"`.
+fn accepted_scale_shapes(is_a: bool, outer: usize, kb: usize, block: usize) -> String {
+    let mut outers = vec![1, outer, outer.div_ceil(block)];
+    outers.dedup();
+    outers.sort_unstable();
+    outers.dedup();
+    let mut ks = vec![1, kb];
+    ks.dedup();
+    let mut shapes: Vec<String> = Vec::new();
+    for &o in &outers {
+        for &kk in &ks {
+            let s = if is_a {
+                format!("({o}, {kk})")
+            } else {
+                format!("({kk}, {o})")
+            };
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+    }
+    match shapes.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => shapes.concat(),
+    }
+}
+
 fn check_scale<'a>(
     name: &str,
     view: ArrayView2<'a, f32>,
@@ -267,18 +316,10 @@ fn check_scale<'a>(
     let outer_map = dim_map(o_len, outer, block);
     let k_ok = k_len == 1 || k_len == kb;
     let (Some(outer_map), true) = (outer_map, k_ok) else {
-        let (o_names, k_names) = (
-            format!("1, {outer} or {}", outer.div_ceil(block)),
-            format!("1 or {kb}"),
-        );
-        let expected = if is_a {
-            format!("({o_names}, {k_names})")
-        } else {
-            format!("({k_names}, {o_names})")
-        };
+        let shapes = accepted_scale_shapes(is_a, outer, kb, block);
         return Err(Error::value(format!(
-            "{name} has shape {} but {} has shape {} (block {block}): expected a scalar or a \
-             shape {expected}",
+            "{name} has shape {} but {} has shape {} (block {block}): expected a scalar or \
+             one of the shapes {shapes}",
             shape_str(view.shape()),
             if is_a { "a" } else { "b" },
             shape_str(operand),
@@ -304,34 +345,102 @@ pub(crate) enum KernelChoice {
 }
 
 /// The kernel for operands `a`, `b` on ISA `isa`: the bfloat16 dot-product kernel only when
-/// both operands are FP8. Every FP8 value is exact in bfloat16 and products of two of them are
-/// exact in float32, and their magnitudes (>= 2^-32) are far above float32's denormal range,
-/// so `vdpbf16ps`' flush-to-zero of denormal inputs and outputs can never change a result.
-/// float32 / float16 / bfloat16 activations take the float32 kernel: a float32 value needs
-/// three bfloat16 parts (three dot products, no faster than float32 FMA), a float16 needs
-/// two, and bfloat16 inputs may be denormal, which `vdpbf16ps` would flush to zero.
-pub(crate) fn kernel_choice(isa: Isa, a_fp8: bool, b_fp8: bool) -> KernelChoice {
+/// both operands are exact in bfloat16 with products that are never denormal (`a_exact`,
+/// `b_exact`, see [`bf16_dot_exact`]): FP8 operands, and bfloat16 activations times FP8
+/// weights. Every FP8 value is exact in bfloat16 and products of two of them are exact in
+/// float32, and their magnitudes (>= 2^-32) are far above float32's denormal range, so
+/// `vdpbf16ps`' flush-to-zero of denormal inputs and outputs can never change a result.
+/// float32 / float16 activations take the float32 kernel: a float32 value needs three
+/// bfloat16 parts (three dot products, no faster than float32 FMA), a float16 needs two.
+pub(crate) fn kernel_choice(isa: Isa, a_exact: bool, b_exact: bool) -> KernelChoice {
     match isa {
         Isa::Scalar => KernelChoice::Scalar,
         Isa::Avx2 => KernelChoice::Avx2,
         Isa::Avx512 => KernelChoice::Avx512,
-        Isa::Avx512Bf16 if a_fp8 && b_fp8 => KernelChoice::Avx512Bf16,
+        Isa::Avx512Bf16 if a_exact && b_exact => KernelChoice::Avx512Bf16,
         Isa::Avx512Bf16 => KernelChoice::Avx512,
         Isa::Neon => KernelChoice::Neon,
-        Isa::NeonBf16 if a_fp8 && b_fp8 => KernelChoice::NeonBf16,
+        Isa::NeonBf16 if a_exact && b_exact => KernelChoice::NeonBf16,
         Isa::NeonBf16 => KernelChoice::Neon,
     }
 }
 
-/// Largest `m` that takes the GEMV path (FP8 weights stored along K) with float32 / float16 /
-/// bfloat16 activations. Measured on Zen 4 with 4096 x 4096 E4M3 weights: the GEMV path (rows
-/// in groups of 8, the weights re-read from L2) beats packing the weights into float32 panels
-/// for the blocked GEMM up to about this size.
-pub const GEMV_MAX_M: usize = 128;
+/// Smallest magnitude of a bfloat16 operand multiplied by FP8 on the bfloat16 dot-product
+/// kernel, as a biased exponent: 2^-100. Such a value is a multiple of 2^-107 and an FP8
+/// value one of 2^-16, so every product and every partial sum of them is zero or at least
+/// 2^-123 in magnitude, never a float32 denormal that `vdpbf16ps` would flush to zero.
+const BF16_DOT_MIN_EXPONENT: u16 = 127 - 100;
 
-/// The same bound for FP8 activations, where the blocked GEMM runs the (twice as fast)
-/// bfloat16 kernel on AVX-512 BF16 CPUs.
-pub const GEMV_MAX_M_FP8: usize = 32;
+/// Whether `x` may go through the bfloat16 dot-product kernel exactly: FP8, or bfloat16 times
+/// an FP8 `other` with every finite nonzero element of magnitude at least 2^-100 (one pass
+/// over `x`; smaller values keep the float32 kernel).
+///
+/// # Safety
+/// `x` must address its whole matrix.
+unsafe fn bf16_dot_exact(x: &Mat, other: &Mat) -> bool {
+    match x.elems {
+        Elems::Fp8(..) => true,
+        Elems::Bf16(p) if other.is_fp8() => (0..x.rows).all(|r| {
+            (0..x.cols).all(|c| {
+                // SAFETY: (r, c) is inside the matrix.
+                let bits = unsafe { *p.offset(r as isize * x.rs + c as isize * x.cs) }.to_bits();
+                let exp = (bits >> 7) & 0xFF;
+                bits & 0x7FFF == 0 || exp >= BF16_DOT_MIN_EXPONENT
+            })
+        }),
+        _ => false,
+    }
+}
+
+/// Largest `m` per small-m path, by the kind of activations: the blocked GEMM takes over
+/// above. Crossovers measured with 4096 x 4096 E4M3 weights, one thread, small-m path time
+/// against blocked time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crossovers {
+    /// GEMV (weights stored along K, `w.T`), float32 / float16 / bfloat16 activations.
+    pub gemv: usize,
+    /// GEMV, FP8 activations (or bfloat16 ones on the `vdpbf16ps` kernel).
+    pub gemv_fp8: usize,
+    /// Axpy (weights stored `[in, out]`, `x @ w`), wider activations.
+    pub axpy: usize,
+    /// Axpy, FP8 activations.
+    pub axpy_fp8: usize,
+}
+
+/// Where the bfloat16 dot-product kernel is the fast one (AMD Zen 4, measured 2026-11-29):
+/// the GEMV path (rows in groups of 8, the weights re-read from L2) beats packing the weights
+/// into float32 panels up to m = 128, and the twice-as-fast bfloat16 kernel for FP8
+/// activations from m = 32. (Axpy: as below, not measured on Zen 4.)
+pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
+    gemv: 128,
+    gemv_fp8: 32,
+    axpy: 24,
+    axpy_fp8: 16,
+};
+
+/// Elsewhere (Intel Xeon, Emerald-Rapids class, measured 2026-12-06; ms, small-m / blocked):
+/// - GEMV, float32: m = 32 16.1 / 23.8, 48 24.0 / 27.0, 64 31.9 / 29.4, 128 66 / 45;
+/// - GEMV, E4M3 (blocked on the FMA kernel): m = 48 17.9 / 25.3, 64 24.2 / 28.1;
+/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3;
+/// - axpy, E4M3: m = 16 12.2 / 17.0, 24 16.6 / 15.5.
+pub const CROSSOVERS_FMA: Crossovers = Crossovers {
+    gemv: 48,
+    gemv_fp8: 64,
+    axpy: 24,
+    axpy_fp8: 16,
+};
+
+/// The crossovers of this CPU.
+pub fn crossovers() -> Crossovers {
+    #[cfg(target_arch = "x86_64")]
+    if arch::x86_64::bf16_dot_is_fast() {
+        return CROSSOVERS_BF16_DOT;
+    }
+    CROSSOVERS_FMA
+}
+
+/// Largest `m` of any small-m path (buffers of that many rows).
+pub const SMALL_M_MAX: usize = 128;
 
 /// `out = (a * scale_a) @ (b * scale_b)` with `numpy.matmul` shapes: `a` is `(..., m, k)`,
 /// `b` is `(..., k, n)`, the batch dimensions broadcast, `out` is `(batch..., m, n)`.
@@ -528,6 +637,18 @@ unsafe impl Sync for CPtr {}
 /// `c` must be valid for writes of the `m x n` matrix with row stride `ldc` and not overlap
 /// `a` or `b`, whose pointers must address their whole (strided) matrices.
 unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        compute_finite(isa, a, b, plan, c, ldc);
+        apply_nonfinite_scales(a, b, plan, c, ldc);
+    }
+}
+
+/// [`compute`] with the scales applied to the float32 sums of each K block.
+///
+/// # Safety
+/// As [`compute`].
+unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if k == 0 {
         for i in 0..m {
@@ -538,19 +659,72 @@ unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: 
         }
         return;
     }
-    let gemv_max = if a.is_fp8() {
-        GEMV_MAX_M_FP8
+    // On AVX-512 BF16, bfloat16 activations in range run the bfloat16 kernel like FP8 ones.
+    let dot = isa == Isa::Avx512Bf16;
+    // SAFETY: a and b address their whole matrices (the caller's contract).
+    let (a_exact, b_exact) =
+        unsafe { (dot && bf16_dot_exact(&a, &b), dot && bf16_dot_exact(&b, &a)) };
+    let cross = crossovers();
+    let (gemv_max, axpy_max) = if a.is_fp8() || a_exact {
+        (cross.gemv_fp8, cross.axpy_fp8)
     } else {
-        GEMV_MAX_M
+        (cross.gemv, cross.axpy)
     };
     if m <= gemv_max && b.is_fp8() && (b.rs == 1 || k == 1) {
         // SAFETY: forwarded from the caller.
         unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
         return;
     }
-    let choice = kernel_choice(isa, a.is_fp8(), b.is_fp8());
+    if m <= axpy_max && b.is_fp8() && (b.cs == 1 || n == 1) {
+        // SAFETY: forwarded from the caller.
+        unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
+        return;
+    }
+    let choice = kernel_choice(isa, a_exact, b_exact);
     // SAFETY: forwarded from the caller.
     unsafe { driver::gemm(choice, a, b, plan, c, ldc) };
+}
+
+/// Recompute the outputs that a non-finite scale (infinity or NaN) touches the way the
+/// float64 reference does, scaling every element before its product: `0 * inf` is NaN, so
+/// `scale_a = inf` turns a row holding a zero into NaN, where scaling the float32 sum
+/// would give an infinity. Every term of a K block with a non-finite scale is itself an
+/// infinity or NaN, so such an output is NaN or an infinity whatever the summation order,
+/// and one float64 pass over its terms gives the reference's value exactly (and the same
+/// value for any thread count). Finite scales leave this a scan of the scale arrays.
+///
+/// # Safety
+/// As [`compute`], with C already holding the finite-scale result.
+unsafe fn apply_nonfinite_scales(a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    let all_finite =
+        |s: Option<ScaleSpec<'_>>| s.is_none_or(|s| s.view.iter().all(|v| v.is_finite()));
+    if all_finite(plan.a) && all_finite(plan.b) {
+        return;
+    }
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let block = plan.block;
+    let nkb = if plan.along_k() { k.div_ceil(block) } else { 1 };
+    let sa = |i: usize, kb: usize| plan.a.map_or(1.0, |s| s.at(i, kb, block));
+    let sb = |kb: usize, j: usize| plan.b.map_or(1.0, |s| s.at(j, kb, block));
+    for i in 0..m {
+        for j in 0..n {
+            if (0..nkb).all(|kb| sa(i, kb).is_finite() && sb(kb, j).is_finite()) {
+                continue;
+            }
+            let mut sum = 0.0f64;
+            for p in 0..k {
+                let kb = p / block;
+                // SAFETY: (i, p) is inside A and (p, j) inside B.
+                let (x, y) = unsafe { (a.get(i, p), b.get(p, j)) };
+                sum += x * f64::from(sa(i, kb)) * (y * f64::from(sb(kb, j)));
+                if sum.is_nan() {
+                    break;
+                }
+            }
+            // SAFETY: (i, j) is inside C.
+            unsafe { *c.at(i, j, ldc) = sum as f32 };
+        }
+    }
 }
 
 fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {

@@ -82,6 +82,26 @@ pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
     // SAFETY (all arms): forwarded from the caller.
     match src.elems {
         Elems::Fp8(ptr, fmt) => {
+            #[cfg(target_arch = "x86_64")]
+            if src.ws == 1 && panel == 32 && crate::arch::x86_64::has_avx512() {
+                let panels = src.width.div_ceil(panel);
+                assert!(
+                    dst.len() >= panels * src.kc * panel,
+                    "pack buffer too small"
+                );
+                // SAFETY: AVX-512 was detected; the caller guarantees X(p, w) readable for
+                // p < kc, w < width (row p at ptr + p * ks, columns contiguous); dst checked.
+                return unsafe {
+                    crate::arch::x86_64::avx512::gemm::pack_fp8_rows_f32x32(
+                        ptr,
+                        src.ks,
+                        src.kc,
+                        src.width,
+                        fmt,
+                        dst.as_mut_ptr(),
+                    )
+                };
+            }
             let t = tables::f32_table(fmt);
             unsafe { pack_typed(ptr, src, panel, dst, |c: u8| t[usize::from(c)]) }
         }
@@ -91,15 +111,51 @@ pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
     }
 }
 
+/// Pack a bfloat16 `src` into bfloat16 pair panels (the layout of [`pack_bf16_pairs`]): the
+/// bits are copied. Along K (activations stored row-major, `ks == 1`) each line is read in
+/// order; otherwise element by element.
+///
+/// # Safety
+/// As [`pack_f32`], with `ptr` the source's base pointer.
+unsafe fn pack_bf16_source_pairs(ptr: *const bf16, src: Src, panel: usize, dst: &mut [u16]) {
+    let kp = src.kc.div_ceil(2);
+    let panels = src.width.div_ceil(panel);
+    assert!(
+        dst.len() >= panels * kp * panel * 2,
+        "pack buffer too small"
+    );
+    let (ks, ws) = (src.ks, src.ws);
+    for q in 0..panels {
+        let w0 = q * panel;
+        let wn = panel.min(src.width - w0);
+        let out = &mut dst[q * kp * panel * 2..(q + 1) * kp * panel * 2];
+        for w in 0..panel {
+            for p in 0..2 * kp {
+                let bits = if w < wn && p < src.kc {
+                    let off = p as isize * ks + (w0 + w) as isize * ws;
+                    // SAFETY: X(p, w0 + w) with p < kc, w0 + w < width is inside the source.
+                    unsafe { (*ptr.offset(off)).to_bits() }
+                } else {
+                    0
+                };
+                out[(p / 2 * panel + w) * 2 + p % 2] = bits;
+            }
+        }
+    }
+}
+
 /// Pack an FP8 `src` into bfloat16 pair panels of width `panel`
 /// (`dst.len() >= ceil(width/panel)*panel*2*ceil(kc/2)`). Other element types are not
-/// packed to bfloat16 (see `kernel_choice`).
+/// packed to bfloat16 (see `kernel_choice`); bfloat16 sources are copied.
 ///
 /// # Safety
 /// As [`pack_f32`]; `src.elems` must be FP8.
 pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
-    let Elems::Fp8(ptr, fmt) = src.elems else {
-        unreachable!("bfloat16 packing is only chosen for FP8 operands")
+    let (ptr, fmt) = match src.elems {
+        Elems::Fp8(ptr, fmt) => (ptr, fmt),
+        // SAFETY: forwarded from the caller.
+        Elems::Bf16(ptr) => return unsafe { pack_bf16_source_pairs(ptr, src, panel, dst) },
+        _ => unreachable!("bfloat16 packing is only chosen for FP8 and bfloat16 operands"),
     };
     let t = tables::bf16_table(fmt);
     let kp = src.kc.div_ceil(2);

@@ -263,13 +263,17 @@ fn scale_layouts() {
 fn thread_count_does_not_change_results() {
     let mut rng = Rng(3);
     for isa in arch::available() {
-        for &(m, n, k, kind) in &[
-            (300, 200, 300, Kind::E4M3),
-            (4, 1000, 300, Kind::F32),
-            (1, 1000, 300, Kind::F32),
+        // (b_fortran: weights stored along K, `w.T`; otherwise `[in, out]`, the axpy path
+        // for small m.)
+        for &(m, n, k, kind, b_fortran) in &[
+            (300, 200, 300, Kind::E4M3, true),
+            (4, 1000, 300, Kind::F32, true),
+            (1, 1000, 300, Kind::F32, true),
+            (1, 3000, 300, Kind::F32, false),
+            (5, 1000, 301, Kind::Bf16, false),
         ] {
             let a = Data::random(kind, m, k, false, &mut rng);
-            let b = Data::random(Kind::E4M3, k, n, true, &mut rng);
+            let b = Data::random(Kind::E4M3, k, n, b_fortran, &mut rng);
             let s = Scales {
                 block: 128,
                 ..Default::default()
@@ -541,6 +545,125 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
                         let av = scaled(a.values(), Some(sa.view()), true, 32);
                         let bv = scaled(b.values(), Some(sb.view()), false, 32);
                         check_bound_nan(&c, &av, &bv, &format!("{what} block scales"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The axpy path (m <= crossovers().axpy, FP8 weights `[in, out]` with contiguous columns) on every
+/// ISA: M, N and K around the kernels' register blocks (16 / 8 columns per vector, up to 8
+/// vectors, 4 weight rows per pass), misaligned views with a row stride wider than N, NaN
+/// codes, and block scales along K; compared with the float64 reference (and its NaN
+/// pattern).
+#[test]
+fn axpy_shapes_views_nan_weights() {
+    let mut rng = Rng(41);
+    for isa in arch::available() {
+        for m in 1..=crossovers().axpy {
+            for &k in &[1usize, 2, 3, 4, 5, 9, 65, 130] {
+                for &n in &[1usize, 7, 16, 17, 33, 64, 65, 97, 129, 200] {
+                    for fmt in [Format::E4M3, Format::E5M2] {
+                        let case = (m + k + n) % 3;
+                        // A wider array, viewed from column 3 (misaligned) with row stride
+                        // n + 5; case 2 also reverses K (negative row stride).
+                        let mut big = Array2::from_shape_simple_fn((k, n + 5), || rng.fp8(fmt));
+                        if case == 1 {
+                            let nan = if fmt == Format::E4M3 { 0x7F } else { 0x7E };
+                            big[[k - 1, 3]] = nan | 0x80;
+                            big[[k / 2, 3 + n - 1]] = nan;
+                        }
+                        let mut view = big.slice(ndarray::s![.., 3..3 + n]);
+                        if case == 2 {
+                            view.invert_axis(ndarray::Axis(0));
+                        }
+                        let a = Array2::from_shape_fn((m, k), |_| rng.f32());
+                        let bv = view.mapv(|c| decode_f64(c, fmt));
+                        let av = a.mapv(f64::from);
+                        let what = format!("{isa} {fmt:?} {m}x{n}x{k} case {case}");
+                        let mut out = ArrayD::<f32>::from_elem(IxDyn(&[m, n]), f32::NAN);
+                        let plain = Scales {
+                            block: 128,
+                            ..Default::default()
+                        };
+                        matmul_isa(
+                            isa,
+                            &Operand::F32(a.view().into_dyn()),
+                            &Operand::Fp8(view.into_dyn(), fmt),
+                            &plain,
+                            Output::F32(out.view_mut()),
+                        )
+                        .unwrap();
+                        let c: Array2<f32> = out.into_dimensionality().unwrap();
+                        check_bound_nan(&c, &av, &bv, &what);
+                        // Block scales along K (blocks of 2: K passes cut short).
+                        let sa = Array2::from_shape_fn((m, k.div_ceil(2)), |_| rng.f32() + 3.0);
+                        let sb = Array2::from_shape_fn((k.div_ceil(2), n), |_| rng.f32() + 3.0);
+                        let scales = Scales {
+                            a: Some(sa.view()),
+                            b: Some(sb.view()),
+                            block: 2,
+                        };
+                        let mut out = ArrayD::<f32>::from_elem(IxDyn(&[m, n]), f32::NAN);
+                        matmul_isa(
+                            isa,
+                            &Operand::F32(a.view().into_dyn()),
+                            &Operand::Fp8(view.into_dyn(), fmt),
+                            &scales,
+                            Output::F32(out.view_mut()),
+                        )
+                        .unwrap();
+                        let c: Array2<f32> = out.into_dimensionality().unwrap();
+                        let av = scaled(av, Some(sa.view()), true, 2);
+                        let bv = scaled(bv, Some(sb.view()), false, 2);
+                        check_bound_nan(&c, &av, &bv, &format!("{what} block scales"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bfloat16 activations times FP8 weights on every ISA (the bfloat16 dot-product kernel on
+/// AVX-512 BF16) on the blocked path, both weight layouts, edge sizes around the 14 x 32
+/// register block and the pair packing (odd K): ordinary values, magnitudes down to 2^-100
+/// (still the dot kernel; products reach 2^-123 with E5M2 subnormal weights), and below it,
+/// bfloat16 denormals included (the float32 kernel then runs; `vdpbf16ps` would flush them).
+#[test]
+fn bf16_activations_times_fp8_blocked() {
+    let mut rng = Rng(57);
+    for isa in arch::available() {
+        for &(m, n, k) in &[(33, 33, 7), (43, 65, 131), (15, 31, 770)] {
+            for fmt in [Format::E4M3, Format::E5M2] {
+                for &low in &[1.0f32, 2f32.powi(-100), 2f32.powi(-101), 2f32.powi(-130)] {
+                    for fortran in [false, true] {
+                        let a = Array2::from_shape_fn((m, k), |(i, p)| {
+                            let v = rng.f32();
+                            let v = if low == 1.0 {
+                                v
+                            } else {
+                                v.signum() * (1.0 + v.abs()) * low
+                            };
+                            bf16::from_f32(if (i + p) % 7 == 0 { 0.0 } else { v })
+                        });
+                        // Subnormal weight codes (E5M2 down to 2^-16) in every column.
+                        let w = Array2::from_shape_fn((k, n).set_f(fortran), |(p, j)| {
+                            if (p + j) % 5 == 0 {
+                                1
+                            } else {
+                                rng.fp8(fmt)
+                            }
+                        });
+                        let a = Data::Bf16(a);
+                        let b = Data::Fp8(w, fmt);
+                        let plain = Scales {
+                            block: 128,
+                            ..Default::default()
+                        };
+                        let c = run(isa, &a, &b, &plain, m, n);
+                        let what = format!("{isa} {fmt:?} {m}x{n}x{k} low {low:e} f {fortran}");
+                        check_bound(&c, &a.values(), &b.values(), &what);
                     }
                 }
             }

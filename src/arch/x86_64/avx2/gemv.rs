@@ -22,14 +22,14 @@ pub(crate) fn prefetch_next(row: *const u8, cols: usize, ldw: isize, p: usize) {
 }
 
 #[inline(always)]
-unsafe fn decode8_e5m2(bytes: __m128i) -> __m256 {
+pub(crate) unsafe fn decode8_e5m2(bytes: __m128i) -> __m256 {
     // SAFETY: register-only intrinsics; the caller enables AVX2 + F16C.
     unsafe { _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8)) }
 }
 
 /// E4M3 -> float32 times 2^-8 (binary16 reading), NaN codes not handled.
 #[inline(always)]
-unsafe fn decode8_e4m3_scaled_no_nan(bytes: __m128i) -> __m256 {
+pub(crate) unsafe fn decode8_e4m3_scaled_no_nan(bytes: __m128i) -> __m256 {
     // SAFETY: register-only intrinsics; the caller enables AVX2 + F16C.
     unsafe {
         _mm256_cvtph_ps(_mm_and_si128(
@@ -40,7 +40,7 @@ unsafe fn decode8_e4m3_scaled_no_nan(bytes: __m128i) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn decode8_e4m3(bytes: __m128i) -> __m256 {
+pub(crate) unsafe fn decode8_e4m3(bytes: __m128i) -> __m256 {
     // SAFETY: register-only intrinsics; the caller enables AVX2 + F16C.
     unsafe {
         let wide = _mm_cvtepi8_epi16(bytes);

@@ -17,6 +17,8 @@
 use std::arch::x86_64::*;
 
 use crate::arch::x86_64::avx2::gemm::prefetch_c;
+use crate::arch::x86_64::avx512::gemv::{decode16_e4m3, decode16_e5m2};
+use crate::format::Format;
 use crate::gemm::driver::{KLoop, Micro};
 
 /// AVX-512 float32 kernel family.
@@ -145,5 +147,61 @@ pub(crate) unsafe fn pack_pairs32(
             _mm512_permutex2var_epi64(ul, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), uh);
         _mm512_storeu_si512(out.cast(), first);
         _mm512_storeu_si512(out.add(32).cast(), second);
+    }
+}
+
+/// Pack FP8 codes whose panel dimension is contiguous (`B` stored `[in, out]`: row `p` of a
+/// panel is `width` consecutive bytes at `rows + p * ks`) into float32 panels of width 32,
+/// 16 codes per decode in registers (exact, NaN and subnormals included; see
+/// [`crate::arch::x86_64::avx512::gemv`]): measured at 128 x 4096 x 4096 `[in, out]`
+/// float32 x E4M3, packing took a third of the time with the table lookups.
+/// Columns past `width` are zero.
+///
+/// # Safety
+/// AVX-512 F + BW + VL available; `rows + p * ks + w` readable for `p < kc`, `w < width`;
+/// `out` holds `ceil(width / 32) * kc * 32` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn pack_fp8_rows_f32x32(
+    rows: *const u8,
+    ks: isize,
+    kc: usize,
+    width: usize,
+    fmt: Format,
+    out: *mut f32,
+) {
+    const PANEL: usize = 32;
+    // SAFETY: loads are masked to the `width` columns of each of the kc rows, stores stay
+    // inside the panels.
+    unsafe {
+        for (q, w0) in (0..width).step_by(PANEL).enumerate() {
+            let wn = PANEL.min(width - w0);
+            let mask = |half: usize| {
+                let n = wn.saturating_sub(16 * half).min(16);
+                if n == 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << n) - 1
+                }
+            };
+            let (m0, m1) = (mask(0), mask(1));
+            let panel = out.add(q * kc * PANEL);
+            for p in 0..kc {
+                let row = rows.offset(p as isize * ks).add(w0);
+                let b0 = _mm_maskz_loadu_epi8(m0, row.cast());
+                let b1 = _mm_maskz_loadu_epi8(m1, row.add(16).cast());
+                let (d0, d1) = match fmt {
+                    Format::E5M2 => (decode16_e5m2(b0), decode16_e5m2(b1)),
+                    Format::E4M3 => {
+                        let s = _mm512_set1_ps(256.0);
+                        (
+                            _mm512_mul_ps(decode16_e4m3(b0), s),
+                            _mm512_mul_ps(decode16_e4m3(b1), s),
+                        )
+                    }
+                };
+                _mm512_storeu_ps(panel.add(p * PANEL), d0);
+                _mm512_storeu_ps(panel.add(p * PANEL + 16), d1);
+            }
+        }
     }
 }

@@ -18,14 +18,14 @@ use crate::gemm::gemv::Weights;
 use crate::scalar::tables;
 
 #[inline(always)]
-unsafe fn decode16_e5m2(bytes: __m128i) -> __m512 {
+pub(crate) unsafe fn decode16_e5m2(bytes: __m128i) -> __m512 {
     // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
     unsafe { _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8)) }
 }
 
 /// E4M3 -> float32 times 2^-8 (binary16 reading), NaN codes not handled.
 #[inline(always)]
-unsafe fn decode16_e4m3_scaled_no_nan(bytes: __m128i) -> __m512 {
+pub(crate) unsafe fn decode16_e4m3_scaled_no_nan(bytes: __m128i) -> __m512 {
     // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
     unsafe {
         _mm512_cvtph_ps(_mm256_and_si256(
@@ -36,7 +36,7 @@ unsafe fn decode16_e4m3_scaled_no_nan(bytes: __m128i) -> __m512 {
 }
 
 #[inline(always)]
-unsafe fn decode16_e4m3(bytes: __m128i) -> __m512 {
+pub(crate) unsafe fn decode16_e4m3(bytes: __m128i) -> __m512 {
     // SAFETY: register-only intrinsics; the caller enables AVX-512 F + BW + VL.
     unsafe {
         // Sign-extended bytes shifted by 7: mantissa and exponent in bits 7..13, the sign in
@@ -209,8 +209,8 @@ unsafe fn dot512<const R: usize, const C: usize, const KIND: u8>(
 /// byte is above that of any finite magnitude (448 is 0x43E0): the kernel recognizes NaN
 /// by that byte alone.
 pub(crate) struct E4m3Bf16Tables {
-    high: [u8; 128],
-    low: [u8; 128],
+    pub(crate) high: [u8; 128],
+    pub(crate) low: [u8; 128],
 }
 
 /// High bytes from here up belong to NaN only.

@@ -1,4 +1,4 @@
-//! AVX-512 BF16 GEMM microkernel for FP8 x FP8: 14 x 32 float32 tile, 28 zmm accumulators, per
+//! AVX-512 BF16 GEMM microkernel for FP8 x FP8 and bfloat16 x FP8: 14 x 32 float32 tile, 28 zmm accumulators, per
 //! K *pair* 2 B loads, 14 broadcasts, 28 `vdpbf16ps`.
 //!
 //! `vdpbf16ps` (Intel SDM, VDPBF16PS) computes per float32 lane
@@ -16,7 +16,8 @@ use crate::arch::x86_64::avx2::gemm::prefetch_c;
 use crate::arch::x86_64::avx512::gemm::store_14x32;
 use crate::gemm::driver::{KLoop, Micro};
 
-/// AVX-512 BF16 kernel family (FP8 x FP8 only).
+/// AVX-512 BF16 kernel family (FP8 x FP8, and bfloat16 x FP8 in the range of
+/// `gemm::bf16_dot_exact`).
 pub(crate) static GEMM: Micro<u16> = Micro {
     mr: 14,
     nr: 32,

@@ -1,0 +1,157 @@
+//! The axpy path: a few activation rows times FP8 weights stored `[in, out]` (`b` row-major
+//! K x N with contiguous columns, `x @ w` of Flax / Keras / any K x N array, and any view
+//! whose columns are contiguous).
+//!
+//! Output row `i` is `sum_p x[i, p] * w[p, :]`: each K step decodes a slice of one weight
+//! row in registers and adds it, times the activations' elements, into accumulators that
+//! hold a few rows of the output slice (`arch::*::axpy`). The weights stream from memory
+//! once, as bytes: packing them into float32 panels first (the blocked GEMM) writes and
+//! re-reads 4x the bytes for only `m` multiply-adds each.
+//!
+//! The activations are packed once per call, K-major in groups of up to [`ROW_GROUP`] rows
+//! (`xt[p * rows + r]`), so that a kernel's broadcasts walk one contiguous array. Threads
+//! split the output columns in L1-sized slices; K is never split and each
+//! column's sum is formed by the same operations whatever the split, so results do not
+//! depend on the thread count.
+
+use super::gemv::{load_row, Weights};
+use super::{CPtr, Elems, Mat, ScalePlan};
+use crate::arch::{self, Isa};
+use crate::format::Format;
+use crate::threads;
+
+/// Axpy kernel: `out[r * ldo + j] = sum_{p < klen} xt[p * rows + r] * decode(w[p * ldw + j])`
+/// for `r < rows` (at most [`ROW_GROUP`]), `j < ncols`.
+pub(crate) type AxpyFn =
+    unsafe fn(usize, *const f32, usize, *const u8, isize, usize, Weights, *mut f32, usize);
+
+/// Activation rows per kernel pass (the kernels' largest register block).
+pub(crate) const ROW_GROUP: usize = 8;
+
+/// Bytes of output (a row group's slice of C, in float32) per work item: the slice stays in
+/// L1 (48 KiB here) while the kernels add P weight rows at a time into it.
+const ITEM_OUT_BYTES: usize = 16 << 10;
+
+/// # Safety
+/// As [`super::compute`]; `b` is FP8 with unit column stride (or `n == 1`).
+pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let Elems::Fp8(_, fmt) = b.elems else {
+        unreachable!("the axpy path is only taken for FP8 weights")
+    };
+    let mut x = vec![0.0f32; m * k];
+    for (i, row) in x.chunks_exact_mut(k).enumerate() {
+        // SAFETY: row i of A is inside A.
+        unsafe { load_row(a, i, row) };
+    }
+    let mut weights = if fmt == Format::E4M3 {
+        Weights::E4M3
+    } else {
+        Weights::E5M2
+    };
+    // As in the GEMV path: scale the activations by 2^8 instead of every decoded E4M3 weight
+    // when that is exact.
+    // One row times E4M3 weights on AVX-512 with VBMI decodes by table lookup
+    // (`arch::x86_64::avx512::axpy::axpy_table_e4m3`), exact, with unscaled activations.
+    #[cfg(target_arch = "x86_64")]
+    let table = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && m == 1
+        && fmt == Format::E4M3
+        && arch::x86_64::has_avx512vbmi();
+    #[cfg(not(target_arch = "x86_64"))]
+    let table = false;
+    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
+    // The x86 kernels decode E4M3 through binary16 (a factor 2^-8, see `Weights`); the
+    // portable kernel, the one aarch64 uses too, decodes by table: no pre-scaling.
+    let table_decode = matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
+    if weights == Weights::E4M3 && !table_decode && safe && !table {
+        x.iter_mut().for_each(|v| *v *= 256.0);
+        weights = Weights::E4M3TimesTwoPowMinus8;
+    }
+    // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
+    let mut xt = vec![0.0f32; m * k];
+    for g0 in (0..m).step_by(ROW_GROUP) {
+        let rows = ROW_GROUP.min(m - g0);
+        let dst = &mut xt[g0 * k..(g0 + rows) * k];
+        for r in 0..rows {
+            for p in 0..k {
+                dst[p * rows + r] = x[(g0 + r) * k + p];
+            }
+        }
+    }
+    let kernel: AxpyFn = match isa {
+        #[cfg(target_arch = "x86_64")]
+        _ if table => arch::x86_64::avx512::axpy::axpy_table_e4m3,
+        Isa::Scalar => arch::portable::axpy::axpy,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => arch::x86_64::avx2::axpy::axpy_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => arch::x86_64::avx512::axpy::axpy_avx512,
+        _ => arch::portable::axpy::axpy,
+    };
+    let seg = if plan.along_k() { plan.block } else { k };
+    // Columns per work item: an L1-sized output slice, and at least one item per thread.
+    // Results do not depend on it (each column's sum is formed the same way).
+    let nthreads = threads::num_threads();
+    let parallel = nthreads > 1 && m * n * k >= 1 << 18;
+    let mut cols = (ITEM_OUT_BYTES / 4 / m.min(ROW_GROUP)).max(64);
+    if parallel {
+        cols = cols.min(n.div_ceil(nthreads).div_ceil(64) * 64);
+    }
+    let items = n.div_ceil(cols);
+    let xt = &xt[..];
+    let item = |it: usize| {
+        let j0 = it * cols;
+        let ncols = cols.min(n - j0);
+        // Rows padded to whole 64-column blocks (the table kernel's unit).
+        let ldo = ncols.div_ceil(64) * 64;
+        let mut part = vec![0.0f32; m.min(ROW_GROUP) * ldo];
+        let mut sa = vec![1.0f32; m];
+        let mut sb = vec![1.0f32; ncols];
+        for (kb, k0) in (0..k).step_by(seg).enumerate() {
+            let klen = seg.min(k - k0);
+            plan.fill(kb, 0, &mut sa, j0, &mut sb);
+            let w = match b.elems {
+                Elems::Fp8(p, _) => p.wrapping_offset(k0 as isize * b.rs + j0 as isize * b.cs),
+                _ => unreachable!("checked above"),
+            };
+            for g0 in (0..m).step_by(ROW_GROUP) {
+                let rows = ROW_GROUP.min(m - g0);
+                // SAFETY: rows k0..k0+klen, columns j0..j0+ncols of B are inside B (unit
+                // column stride); the group's xt holds k * rows floats, from K step k0 at
+                // k0 * rows; `part` holds rows x ldo floats (ldo >= ncols, a multiple of 64); the kernel was
+                // chosen from an available ISA.
+                unsafe {
+                    kernel(
+                        klen,
+                        xt[g0 * k + k0 * rows..].as_ptr(),
+                        rows,
+                        w,
+                        b.rs,
+                        ncols,
+                        weights,
+                        part.as_mut_ptr(),
+                        ldo,
+                    )
+                };
+                for r in 0..rows {
+                    let i = g0 + r;
+                    let src = &part[r * ldo..r * ldo + ncols];
+                    for (j, (&v, &s)) in src.iter().zip(&sb).enumerate() {
+                        let t = v * s;
+                        // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
+                        unsafe {
+                            let d = c.at(i, j0 + j, ldc);
+                            *d = if k0 == 0 { t * sa[i] } else { *d + t * sa[i] };
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        threads::for_each((0..items).collect(), item);
+    } else {
+        (0..items).for_each(item);
+    }
+}
