@@ -16,7 +16,9 @@
 
 use super::gemv::{load_row, Weights};
 use super::{CPtr, Elems, Mat, ScalePlan};
+use crate::alloc;
 use crate::arch::{self, Isa};
+use crate::error::Result;
 use crate::format::Format;
 use crate::threads;
 
@@ -34,12 +36,19 @@ const ITEM_OUT_BYTES: usize = 16 << 10;
 
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with unit column stride (or `n == 1`).
-pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+pub(crate) unsafe fn axpy(
+    isa: Isa,
+    a: Mat,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the axpy path is only taken for FP8 weights")
     };
-    let mut x = vec![0.0f32; m * k];
+    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
     for (i, row) in x.chunks_exact_mut(k).enumerate() {
         // SAFETY: row i of A is inside A.
         unsafe { load_row(a, i, row) };
@@ -69,7 +78,7 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
         weights = Weights::E4M3TimesTwoPowMinus8;
     }
     // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
-    let mut xt = vec![0.0f32; m * k];
+    let mut xt = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
     for g0 in (0..m).step_by(ROW_GROUP) {
         let rows = ROW_GROUP.min(m - g0);
         let dst = &mut xt[g0 * k..(g0 + rows) * k];
@@ -154,4 +163,5 @@ pub(crate) unsafe fn axpy(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     } else {
         (0..items).for_each(item);
     }
+    Ok(())
 }

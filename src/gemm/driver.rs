@@ -4,7 +4,9 @@ use std::cell::RefCell;
 
 use super::pack::{self, PackBuf, Src};
 use super::{CPtr, Elems, KernelChoice, Mat, ScalePlan};
+use crate::alloc;
 use crate::arch;
+use crate::error::Result;
 use crate::threads;
 
 /// The K loop of one microkernel call: `nblk` consecutive blocks of `steps` K steps each (K
@@ -106,7 +108,7 @@ pub(crate) unsafe fn gemm(
     plan: &ScalePlan<'_>,
     c: CPtr,
     ldc: isize,
-) {
+) -> Result<()> {
     // SAFETY (all arms): forwarded; `kernel_choice` only returns an x86 family when the CPU
     // has its features (the ISA was checked by `arch`).
     match choice {
@@ -150,7 +152,7 @@ unsafe fn run<E: PackElem>(
     plan: &ScalePlan<'_>,
     c: CPtr,
     ldc: isize,
-) {
+) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let (mr, nr) = (mk.mr, mk.nr);
     // K chunks of about KC. When a scale changes along K, a chunk is a whole number of scale
@@ -190,8 +192,16 @@ unsafe fn run<E: PackElem>(
 
     // Scales of every block of a chunk: block t at `t * m_pad` / `t * n_pad`.
     let (m_pad, n_pad) = (m.div_ceil(mr) * mr, nc.min(n).div_ceil(nr) * nr);
-    let mut sa = vec![1.0f32; m_pad * blocks_per_chunk];
-    let mut sb = vec![1.0f32; n_pad * blocks_per_chunk];
+    let mut sa = alloc::filled_for(
+        m_pad * blocks_per_chunk,
+        1.0f32,
+        "the row scales of a matmul",
+    )?;
+    let mut sb = alloc::filled_for(
+        n_pad * blocks_per_chunk,
+        1.0f32,
+        "the column scales of a matmul",
+    )?;
     let mut b_pack = PackBuf::default();
 
     for j0 in (0..n).step_by(nc) {
@@ -345,4 +355,5 @@ unsafe fn run<E: PackElem>(
             for_each_index(mblocks * nsplit, parallel, item);
         }
     }
+    Ok(())
 }

@@ -19,7 +19,9 @@
 //! same operations whatever the split, so results do not depend on the thread count.
 
 use super::{CPtr, Elems, Mat, ScalePlan};
+use crate::alloc;
 use crate::arch::{self, Isa};
+use crate::error::Result;
 use crate::format::Format;
 use crate::scalar::tables;
 use crate::threads;
@@ -51,13 +53,20 @@ const ROW_GROUP: usize = 8;
 
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with `b.rs == 1` (or `k == 1`), `a.rows <= SMALL_M_MAX`.
-pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+pub(crate) unsafe fn gemv(
+    isa: Isa,
+    a: Mat,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the GEMV path is only taken for FP8 weights")
     };
     // Activation rows as contiguous float32.
-    let mut x = vec![0.0f32; m * k];
+    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
     for (i, row) in x.chunks_exact_mut(k).enumerate() {
         // SAFETY: row i of A is inside A.
         unsafe { load_row(a, i, row) };
@@ -104,7 +113,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     let seg_pad = seg.div_ceil(64) * 64;
     #[cfg(target_arch = "x86_64")]
     let xp = if table_f32 {
-        permute_activations(&x, k, seg, seg_pad)
+        permute_activations(&x, k, seg, seg_pad)?
     } else {
         Vec::new()
     };
@@ -184,6 +193,7 @@ pub(crate) unsafe fn gemv(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPt
     } else {
         (0..items).for_each(item);
     }
+    Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -197,8 +207,12 @@ const TABLE_MIN_COLS: usize = 512;
 /// two table lookups, widened from bfloat16 to float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
 /// `16 L + 4 v + i`.
 #[cfg(target_arch = "x86_64")]
-fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f32> {
-    let mut xp = vec![0.0f32; k.div_ceil(seg) * seg_pad];
+fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Result<Vec<f32>> {
+    let mut xp = alloc::filled_for(
+        k.div_ceil(seg) * seg_pad,
+        0.0f32,
+        "the activations of a matmul",
+    )?;
     for (s, seg_vals) in x[..k].chunks(seg).enumerate() {
         let seg_out = &mut xp[s * seg_pad..];
         for (p, &v) in seg_vals.iter().enumerate() {
@@ -207,7 +221,7 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Vec<f
             seg_out[block * 64 + 16 * vec + 4 * lane + i] = v;
         }
     }
-    xp
+    Ok(xp)
 }
 
 /// Row `i` of `a` as float32.

@@ -554,7 +554,7 @@ pub(crate) fn matmul_isa(
             rs: b_rs,
             cs: b_cs,
         };
-        write_one(isa, am, bm, &plan, &mut out, &idx, &mut tmp);
+        write_one(isa, am, bm, &plan, &mut out, &idx, &mut tmp)?;
     }
     Ok(())
 }
@@ -569,10 +569,10 @@ fn write_one(
     out: &mut Output<'_>,
     idx: &[usize],
     tmp: &mut Vec<f32>,
-) {
+) -> Result<()> {
     let (m, n) = (a.rows, b.cols);
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     if let Output::F32(o) = out {
         let mut o2 = o.view_mut();
@@ -584,15 +584,14 @@ fn write_one(
             let c = CPtr(o2.as_mut_ptr());
             // SAFETY: `c` addresses the m x n view `o2` (rows `rs` apart, columns contiguous),
             // borrowed mutably for the duration of the call.
-            unsafe { compute(isa, a, b, plan, c, rs) };
-            return;
+            return unsafe { compute(isa, a, b, plan, c, rs) };
         }
     }
     tmp.clear();
     tmp.resize(m * n, 0.0);
     let c = CPtr(tmp.as_mut_ptr());
     // SAFETY: `tmp` holds m * n floats, row-major with row stride n.
-    unsafe { compute(isa, a, b, plan, c, n as isize) };
+    unsafe { compute(isa, a, b, plan, c, n as isize) }?;
     let src = ArrayView2::from_shape((m, n), &tmp[..]).expect("m * n buffer");
     macro_rules! copy_out {
         ($o:expr, $conv:expr) => {{
@@ -610,6 +609,7 @@ fn write_one(
         Output::F16(o) => copy_out!(o, f16::from_f32),
         Output::Bf16(o) => copy_out!(o, bf16::from_f32),
     }
+    Ok(())
 }
 
 /// Pointer to a float32 output matrix with unit column stride, shared by the worker threads,
@@ -636,19 +636,36 @@ unsafe impl Sync for CPtr {}
 /// # Safety
 /// `c` must be valid for writes of the `m x n` matrix with row stride `ldc` and not overlap
 /// `a` or `b`, whose pointers must address their whole (strided) matrices.
-unsafe fn compute(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+/// Buffers sized by the operands (activation rows, scale rows) are allocated fallibly: an
+/// error is a `MemoryError`, never an abort.
+unsafe fn compute(
+    isa: Isa,
+    a: Mat,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<()> {
     // SAFETY: forwarded from the caller.
     unsafe {
-        compute_finite(isa, a, b, plan, c, ldc);
+        compute_finite(isa, a, b, plan, c, ldc)?;
         apply_nonfinite_scales(a, b, plan, c, ldc);
     }
+    Ok(())
 }
 
 /// [`compute`] with the scales applied to the float32 sums of each K block.
 ///
 /// # Safety
 /// As [`compute`].
-unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr, ldc: isize) {
+unsafe fn compute_finite(
+    isa: Isa,
+    a: Mat,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if k == 0 {
         for i in 0..m {
@@ -657,7 +674,7 @@ unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr
                 unsafe { *c.0.offset(i as isize * ldc + j as isize) = 0.0 };
             }
         }
-        return;
+        return Ok(());
     }
     // On AVX-512 BF16, bfloat16 activations in range run the bfloat16 kernel like FP8 ones.
     let dot = isa == Isa::Avx512Bf16;
@@ -672,17 +689,15 @@ unsafe fn compute_finite(isa: Isa, a: Mat, b: Mat, plan: &ScalePlan<'_>, c: CPtr
     };
     if m <= gemv_max && b.is_fp8() && (b.rs == 1 || k == 1) {
         // SAFETY: forwarded from the caller.
-        unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
-        return;
+        return unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
     }
     if m <= axpy_max && b.is_fp8() && (b.cs == 1 || n == 1) {
         // SAFETY: forwarded from the caller.
-        unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
-        return;
+        return unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
     }
     let choice = kernel_choice(isa, a_exact, b_exact);
     // SAFETY: forwarded from the caller.
-    unsafe { driver::gemm(choice, a, b, plan, c, ldc) };
+    unsafe { driver::gemm(choice, a, b, plan, c, ldc) }
 }
 
 /// Recompute the outputs that a non-finite scale (infinity or NaN) touches the way the
