@@ -88,3 +88,26 @@ def test_package_exports_resolve_lazily():
         capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "no_such_name" in r.stdout
+
+
+def test_short_v_is_an_alias_of_version():
+    import fp8fast
+
+    long, short = run("--version"), run("-V")
+    assert long.returncode == short.returncode == 0
+    assert long.stdout == short.stdout == f"fp8fast {fp8fast.__version__}\n"
+
+
+def test_top_level_help_has_an_example_of_each_checkpoint_command():
+    examples = run("--help").stdout.split("examples:", 1)[1]
+    for command in ("quantize", "dequantize", "inspect"):
+        assert f"fp8fast {command} " in examples
+
+
+def test_dir_lists_only_the_public_api():
+    import fp8fast
+
+    fp8fast.to_e4m3  # noqa: B018  (a lazy export loaded, which brings in submodules)
+    assert dir(fp8fast) == sorted([*fp8fast.__all__, "__version__"])
+    for helper in ("Any", "List", "TYPE_CHECKING", "annotations", "importlib", "_core", "_codec"):
+        assert helper not in dir(fp8fast)
