@@ -1,6 +1,6 @@
 //! AVX2 + F16C codec kernels, 8 f32 lanes or 16 f16 lanes per register.
 //!
-//! The rounding derivations are in [`super::common`]. Differences from the AVX-512 level: no
+//! The rounding derivations are in `super::common`. Differences from the AVX-512 level: no
 //! mask registers (blends are `vpblendvb`), no embedded rounding (the subnormal range rounds
 //! with `vroundps` and an explicit immediate; f64 -> f32 round-to-odd corrects whatever
 //! MXCSR.RC did), and no masked loads for the tails: the last `< 32` elements of a slice go

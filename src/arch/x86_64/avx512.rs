@@ -1,6 +1,6 @@
 //! AVX-512 (F + BW + VL) codec kernels, 16 f32 lanes or 32 f16 lanes per register.
 //!
-//! The arithmetic is the same as the AVX2 level (see [`super::common`] for the derivations);
+//! The arithmetic is the same as the AVX2 level (see `super::common` for the derivations);
 //! AVX-512 adds what makes it cheaper: mask registers for blends and for the tails (masked
 //! loads and stores, so the tail is vectorised and never touches memory past the slices),
 //! embedded rounding (`{rn-sae}`, `{rz-sae}`) so that no result depends on MXCSR, and
