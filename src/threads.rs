@@ -118,7 +118,7 @@ pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Chunk length that splits `n` elements into many pieces per thread (see [`MAX_PIECE`]), a
+/// Chunk length that splits `n` elements into many pieces per thread (see `MAX_PIECE`), a
 /// multiple of `align`. Returns `n` when the work should not be split.
 pub fn chunk_len(n: usize, align: usize) -> usize {
     chunk_len_for(n, align, num_threads())

@@ -1,10 +1,18 @@
 """Shared fixtures: run a test on every instruction-set path, and restore global settings."""
 
+import os
+
 import fp8fast
 import pytest
 from fp8fast import _core
 
 ALL_ISAS = ["scalar", "avx2", "avx512", "avx512bf16", "neon", "neon-bf16"]
+
+
+def pytest_report_header(config):
+    # Which fp8fast is under test (CI checks that a wheel's tests import the installed wheel).
+    where = os.path.realpath(os.path.dirname(fp8fast.__file__))
+    return f"fp8fast {fp8fast.__version__} imported from {where}"
 
 
 @pytest.fixture(params=ALL_ISAS)

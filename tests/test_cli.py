@@ -239,3 +239,26 @@ def test_quantize_under_a_memory_limit_is_one_line(tmp_path, out_dir, limit_mb, 
     assert "truncated" not in lines[0] and "memory allocation" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
     assert not any(out_dir.iterdir()) or out_dir == tmp_path
+
+
+def test_short_v_is_an_alias_of_version():
+    import fp8fast
+
+    long, short = run("--version"), run("-V")
+    assert long.returncode == short.returncode == 0
+    assert long.stdout == short.stdout == f"fp8fast {fp8fast.__version__}\n"
+
+
+def test_top_level_help_has_an_example_of_each_checkpoint_command():
+    examples = run("--help").stdout.split("examples:", 1)[1]
+    for command in ("quantize", "dequantize", "inspect"):
+        assert f"fp8fast {command} " in examples
+
+
+def test_dir_lists_only_the_public_api():
+    import fp8fast
+
+    fp8fast.to_e4m3  # noqa: B018  (a lazy export loaded, which brings in submodules)
+    assert dir(fp8fast) == sorted([*fp8fast.__all__, "__version__"])
+    for helper in ("Any", "List", "TYPE_CHECKING", "annotations", "importlib", "_core", "_codec"):
+        assert helper not in dir(fp8fast)

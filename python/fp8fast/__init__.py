@@ -131,4 +131,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    # The public API only: not the helpers this module imports (importlib, typing names,
+    # ``annotations``) nor the submodules that lazy loading has already brought in.
+    return sorted([*__all__, "__version__"])

@@ -23,10 +23,16 @@ environment:
   FP8FAST_NUM_THREADS   threads for large operations (default: all cores)
 
 examples:
-  fp8fast demo                 run the built-in demo and check its results
-  fp8fast bench                time every conversion against ml_dtypes and np.copyto
+  fp8fast quantize ./model ./model-fp8          E4M3 with per-channel scales, compressed-tensors
+  fp8fast quantize ./model ./model-fp8 --granularity block
+                                                128x128 block scales, DeepSeek's fp8 layout
+  fp8fast dequantize ./model-fp8 ./model-bf16   back to bf16 (--dtype f16 or f32)
+  fp8fast inspect ./model --error               tensors, and the FP8 error each weight would get
+  fp8fast inspect ./model-fp8 --source ./model  the error the conversion caused
+  fp8fast demo                                  run the built-in demo and check its results
+  fp8fast bench                                 time every conversion against ml_dtypes, np.copyto
   fp8fast bench -n 4194304 --threads 2
-  fp8fast config               show the version, ISA paths and threads
+  fp8fast config                                show the version, ISA paths and threads
 """
 
 
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"fp8fast {_config._core.__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"fp8fast {_config._core.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="run the library's main jobs on built-in data and check the results")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in data (default 0)")

@@ -10,6 +10,18 @@
 //! ext4 (2 GiB, fsync included), positional writes took 1.09-1.44 s for a dequantization
 //! against 1.92-2.0 s through maps, and 0.86-1.05 s against 1.27-1.6 s for a quantization.
 //! Everything else is read and written with positional I/O.
+//!
+//! Off Linux (macOS and Windows, which CI compiles but nothing here has run on) there is no
+//! probe: both functions answer `false`, so checkpoints are read and written with positional
+//! I/O only (`pread` / `pwrite` on macOS; `ReadFile` / `WriteFile` at an explicit offset on
+//! Windows, which several threads may issue on one handle: the kernel serialises them on a
+//! synchronous handle, and nothing here uses the file position they move). That is the
+//! conservative choice: positional I/O reports a failed read or a full disk as an error,
+//! where a map turns it into SIGBUS (macOS) or an in-page-error exception (Windows) that ends
+//! the process, and telling safe file systems from the rest there (APFS from SMB or NFS
+//! mounts, NTFS from network shares) would need probes (`fstatfs`'s `f_fstypename`,
+//! `GetVolumeInformationByHandleW`) that no one has tested. What it may cost is speed, not
+//! correctness.
 
 use std::fs::File;
 

@@ -1,6 +1,6 @@
 //! Streaming, atomic conversion of safetensors checkpoints to and from FP8 (DESIGN.md §6).
 //!
-//! - [`file`]: header validation and positional reads of one `.safetensors` file.
+//! - [`mod@file`]: header validation and positional reads of one `.safetensors` file.
 //! - [`writer`]: the streaming, atomic writer.
 //! - [`scaled`]: scaled quantization / exact dequantization of one 2-D weight.
 //! - this module: the per-file drivers [`quantize_file`], [`dequantize_file`] and the
