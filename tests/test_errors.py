@@ -40,6 +40,19 @@ CASES = {
     "decode": "f8.decode(np.broadcast_to(np.zeros((), f8.E4M3), (1 << 24, 1 << 24)))",
     # Inputs that fit under the limit, results that do not.
     "quantize_limit": "f8.quantize(np.broadcast_to(np.float32(1), (1 << 15, 1 << 14)))",
+    # matmul's operand-sized buffers: the GEMV path's activation rows (4 bytes per element
+    # of a 1 x 2^28 float32 row, against 256 MiB of real FP8 weights), and the blocked path's
+    # row scales for 2^25 rows with K block scales.
+    "matmul_gemv": (
+        "w = np.zeros((1, 1 << 28), f8.E4M3)\n"
+        "f8.matmul(np.broadcast_to(np.float32(1), (1, 1 << 28)), w.T)"
+    ),
+    "matmul_block_scales": (
+        "a = np.broadcast_to(np.zeros((), f8.E4M3), (1 << 25, 256))\n"
+        "b = np.zeros((256, 1), f8.E4M3)\n"
+        "sa = np.broadcast_to(np.float32(1), (1 << 25, 2))\n"
+        "f8.matmul(a, b, scale_a=sa, scale_b=np.ones((2, 1), np.float32))"
+    ),
     "stochastic_strided_out": (
         "x = np.broadcast_to(np.float32(1), (1 << 15, 1 << 14))\n"
         "out = np.lib.stride_tricks.as_strided(np.zeros(2, f8.E4M3), x.shape, (0, 1))\n"
