@@ -14,11 +14,12 @@
 //! column's sum is formed by the same operations whatever the split, so results do not
 //! depend on the thread count.
 
-use super::gemv::{load_row, Weights};
+use super::gemv::{activations, Weights};
 use super::{CPtr, Elems, Mat, ScalePlan};
 use crate::alloc;
 use crate::arch::{self, Isa};
 use crate::error::Result;
+#[cfg(target_arch = "x86_64")]
 use crate::format::Format;
 use crate::threads;
 
@@ -48,18 +49,6 @@ pub(crate) unsafe fn axpy(
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the axpy path is only taken for FP8 weights")
     };
-    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
-    for (i, row) in x.chunks_exact_mut(k).enumerate() {
-        // SAFETY: row i of A is inside A.
-        unsafe { load_row(a, i, row) };
-    }
-    let mut weights = if fmt == Format::E4M3 {
-        Weights::E4M3
-    } else {
-        Weights::E5M2
-    };
-    // As in the GEMV path: scale the activations by 2^8 instead of every decoded E4M3 weight
-    // when that is exact.
     // One row times E4M3 weights on AVX-512 with VBMI decodes by table lookup
     // (`arch::x86_64::avx512::axpy::axpy_table_e4m3`), exact, with unscaled activations.
     #[cfg(target_arch = "x86_64")]
@@ -69,14 +58,9 @@ pub(crate) unsafe fn axpy(
         && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let table = false;
-    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    // The x86 kernels decode E4M3 through binary16 (a factor 2^-8, see `Weights`); the
-    // portable kernel, the one aarch64 uses too, decodes by table: no pre-scaling.
-    let table_decode = matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
-    if weights == Weights::E4M3 && !table_decode && safe && !table {
-        x.iter_mut().for_each(|v| *v *= 256.0);
-        weights = Weights::E4M3TimesTwoPowMinus8;
-    }
+    // As in the GEMV path (the portable kernel, which aarch64 uses too, decodes by table).
+    // SAFETY: forwarded from the caller.
+    let (x, weights) = unsafe { activations(isa, a, fmt, table) }?;
     // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
     let mut xt = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
     for g0 in (0..m).step_by(ROW_GROUP) {

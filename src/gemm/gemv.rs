@@ -65,18 +65,6 @@ pub(crate) unsafe fn gemv(
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the GEMV path is only taken for FP8 weights")
     };
-    // Activation rows as contiguous float32.
-    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
-    for (i, row) in x.chunks_exact_mut(k).enumerate() {
-        // SAFETY: row i of A is inside A.
-        unsafe { load_row(a, i, row) };
-    }
-    // Pre-scale the activations for the SIMD E4M3 kernels when exact (see `Weights`).
-    let mut weights = if fmt == Format::E4M3 {
-        Weights::E4M3
-    } else {
-        Weights::E5M2
-    };
     // One row times E4M3 weights on AVX-512 with VBMI decodes the weights by table lookup
     // straight to float32 (`arch::x86_64::avx512::gemv::dot_table_f32`). Measured on Zen 4, one thread,
     // 1 x 8192 x 8192 with prefetching: 3.3-3.4 ms against 4.2 ms for the binary16 decode of
@@ -90,13 +78,8 @@ pub(crate) unsafe fn gemv(
         && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let table_f32 = false;
-    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    // The portable and NEON kernels decode by table to float32: no pre-scaling.
-    let portable_dot = matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
-    if weights == Weights::E4M3 && !portable_dot && safe && !table_f32 {
-        x.iter_mut().for_each(|v| *v *= 256.0);
-        weights = Weights::E4M3TimesTwoPowMinus8;
-    }
+    // SAFETY: forwarded from the caller.
+    let (x, weights) = unsafe { activations(isa, a, fmt, table_f32) }?;
     let dot: DotFn = match isa {
         Isa::Scalar => arch::portable::gemv::dot,
         #[cfg(target_arch = "x86_64")]
@@ -222,6 +205,38 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Resul
         }
     }
     Ok(xp)
+}
+
+/// The rows of `a` as contiguous float32 (allocated fallibly), and how the kernels are to
+/// decode the FP8 weights. The x86 kernels decode E4M3 through binary16, which gives the value
+/// times 2^-8 (see [`Weights`]): when no activation is within 2^8 of overflow, the activations
+/// are multiplied by 2^8 once (exact) instead of every decoded weight. Table decoders (`table`:
+/// the VBMI table kernels; the portable and NEON levels) take the activations unscaled.
+///
+/// # Safety
+/// `a` addresses its whole (strided) matrix.
+pub(crate) unsafe fn activations(
+    isa: Isa,
+    a: Mat,
+    fmt: Format,
+    table: bool,
+) -> Result<(Vec<f32>, Weights)> {
+    let (m, k) = (a.rows, a.cols);
+    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
+    for (i, row) in x.chunks_exact_mut(k).enumerate() {
+        // SAFETY: row i of A is inside A.
+        unsafe { load_row(a, i, row) };
+    }
+    if fmt == Format::E5M2 {
+        return Ok((x, Weights::E5M2));
+    }
+    let table_decode = table || matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
+    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
+    if table_decode || !safe {
+        return Ok((x, Weights::E4M3));
+    }
+    x.iter_mut().for_each(|v| *v *= 256.0);
+    Ok((x, Weights::E4M3TimesTwoPowMinus8))
 }
 
 /// Row `i` of `a` as float32.
