@@ -676,11 +676,15 @@ unsafe fn compute_finite(
         }
         return Ok(());
     }
-    // On AVX-512 BF16, bfloat16 activations in range run the bfloat16 kernel like FP8 ones.
-    let dot = isa == Isa::Avx512Bf16;
-    // SAFETY: a and b address their whole matrices (the caller's contract).
-    let (a_exact, b_exact) =
-        unsafe { (dot && bf16_dot_exact(&a, &b), dot && bf16_dot_exact(&b, &a)) };
+    // Which operands may run on the bfloat16 dot-product kernel: on AVX-512 BF16, FP8 and
+    // bfloat16 activations in range (`vdpbf16ps` rounds to nearest); on NEON BF16 FP8 only
+    // (`bfdot`'s intermediate rounding is argued for FP8 products, see `neon_bf16::gemm`).
+    let (a_exact, b_exact) = match isa {
+        // SAFETY: a and b address their whole matrices (the caller's contract).
+        Isa::Avx512Bf16 => unsafe { (bf16_dot_exact(&a, &b), bf16_dot_exact(&b, &a)) },
+        Isa::NeonBf16 => (a.is_fp8(), b.is_fp8()),
+        _ => (false, false),
+    };
     let cross = crossovers();
     let (gemv_max, axpy_max) = if a.is_fp8() || a_exact {
         (cross.gemv_fp8, cross.axpy_fp8)

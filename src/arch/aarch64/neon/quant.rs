@@ -165,8 +165,14 @@ unsafe fn stochastic_f32_impl(src: &[f32], dst: &mut [u8], p: StochasticParams) 
         let code = vbslq_u32(vcgtq_u32(a, inf), nan, code);
         let code = vorrq_u32(code, sign);
         let bytes = vmovn_u16(vcombine_u16(vmovn_u32(code), vdup_n_u16(0)));
-        // SAFETY: i + 4 <= n: four writable bytes.
-        unsafe { vst1_lane_u32::<0>(dst.as_mut_ptr().add(i).cast(), vreinterpret_u32_u8(bytes)) };
+        // SAFETY: i + 4 <= n: four writable bytes, at any alignment (`vst1_lane_u32` would be a
+        // typed u32 store, which needs 4-byte alignment a byte slice does not have).
+        unsafe {
+            std::ptr::write_unaligned(
+                dst.as_mut_ptr().add(i).cast::<u32>(),
+                vget_lane_u32::<0>(vreinterpret_u32_u8(bytes)),
+            )
+        };
         i += 4;
     }
     let q = StochasticParams {

@@ -137,7 +137,9 @@ unsafe fn axpy512<const R: usize, const CV: usize>(
                 for pp in 0..plen {
                     let row = rows.offset(pp as isize * ldw).add(j);
                     let d: [__m512; CV] = std::array::from_fn(|c| {
-                        let b = _mm_maskz_loadu_epi8(masks[c], row.add(16 * c).cast());
+                        // Masked-off lanes read nothing; their address may lie past the
+                        // weights, so it is formed with wrapping arithmetic.
+                        let b = _mm_maskz_loadu_epi8(masks[c], row.wrapping_add(16 * c).cast());
                         match kind {
                             0 => decode16_e5m2(b),
                             1 => _mm512_mul_ps(decode16_e4m3(b), _mm512_set1_ps(256.0)),

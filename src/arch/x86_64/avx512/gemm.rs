@@ -188,7 +188,8 @@ pub(crate) unsafe fn pack_fp8_rows_f32x32(
             for p in 0..kc {
                 let row = rows.offset(p as isize * ks).add(w0);
                 let b0 = _mm_maskz_loadu_epi8(m0, row.cast());
-                let b1 = _mm_maskz_loadu_epi8(m1, row.add(16).cast());
+                // May point past the row when m1 is empty (no byte is read): wrapping.
+                let b1 = _mm_maskz_loadu_epi8(m1, row.wrapping_add(16).cast());
                 let (d0, d1) = match fmt {
                     Format::E5M2 => (decode16_e5m2(b0), decode16_e5m2(b1)),
                     Format::E4M3 => {
