@@ -402,3 +402,27 @@ def test_quantize_checkpoint_from_python(tmp_path, model):
         fp8fast.quantize_checkpoint(str(model), str(tmp_path / "e5"), fmt="e5m2")
     assert not (tmp_path / "e5").exists()
     assert "quantize_checkpoint" in fp8fast.__all__ and "dequantize_checkpoint" in dir(fp8fast)
+
+
+def test_mx_groups_that_do_not_divide_a_row_warn(tmp_path, capsys):
+    # compressed-tensors and transformers refuse MX weights whose rows 32 does not divide.
+    tensors = model_tensors()
+    tensors["model.layers.0.mlp.odd_proj.weight"] = np.ones((16, 40), np.float32).astype(ml_dtypes.bfloat16)
+    write_model_dir(str(tmp_path / "m"), tensors)
+    code, out, err = run(capsys, "quantize", str(tmp_path / "m"), str(tmp_path / "q"), "-q", "--scheme", "mxfp8")
+    assert code == 0 and err.count("\n") == 1, err
+    assert err.startswith("fp8fast: warning: MX groups of 32 do not divide 1 weight(s): "
+                          "model.layers.0.mlp.odd_proj.weight (16, 40)"), err
+
+
+@pytest.mark.parametrize("scale_dtype,warns", [("f32", True), ("f16", True), ("bf16", False), ("auto", False)])
+def test_a_compressed_tensors_scale_dtype_other_than_the_weights_warns(tmp_path, capsys, model, scale_dtype,
+                                                                      warns):
+    # transformers keeps weight_scale in the model's (bf16) dtype: other scales are misread.
+    code, out, err = run(capsys, "quantize", str(model), str(tmp_path / "q"), "-q", "--scale-dtype", scale_dtype)
+    assert code == 0, err
+    if warns:
+        assert err.count("\n") == 1 and err.startswith(f"fp8fast: warning: --scale-dtype {scale_dtype} differs"), err
+        assert "(BF16)" in err
+    else:
+        assert err == "", err

@@ -659,16 +659,33 @@ def quantize(
     out_bytes = 0
     quantized = 0
     qc = quantization_config(scheme, fmt, granularity, block, layout, skipped)
-    partial = _partial_blocks(ck, targets, block) if granularity == "block" else []
-    if partial:
-        more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
-        message = (f"{block[0]}x{block[1]} blocks do not divide {len(partial)} weight(s): "
-                   f"{', '.join(partial[:3])}{more}; partial edge blocks are valid, but transformers' "
-                   "fp8-block loader and compressed-tensors' block decompression refuse these tensors")
+    def warning(message: str) -> None:
         if warn is None:
             print(f"fp8fast: warning: {message}", file=sys.stderr)
         else:
             warn(message)
+
+    # MX groups are 1 x 32 blocks: compressed-tensors and transformers refuse a row length
+    # they do not divide, as they refuse partial 2-D blocks.
+    group = (1, 32) if granularity == "mx" else block
+    partial = _partial_blocks(ck, targets, group) if granularity in ("block", "mx") else []
+    if partial:
+        more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
+        what = "MX groups of 32" if granularity == "mx" else f"{block[0]}x{block[1]} blocks"
+        readers = ("compressed-tensors' group decompression and transformers" if granularity == "mx"
+                   else "transformers' fp8-block loader and compressed-tensors' block decompression")
+        warning(f"{what} do not divide {len(partial)} weight(s): {', '.join(partial[:3])}{more}; "
+                f"partial edge groups are valid, but {readers} refuse these tensors")
+    if layout == "compressed-tensors" and scale_dtype != "auto":
+        # transformers keeps weight_scale in the model's dtype: a scale stored in another
+        # dtype is rounded on load, and the weights it computes are no longer these.
+        stored = {"bf16": "BF16", "f16": "F16", "f32": "F32"}[scale_dtype]
+        other = sorted({dt for s in ck.shards for name, dt, *_ in ck.headers[s][1]
+                        if name in targets.get(s, ()) and dt != stored})
+        if other:
+            warning(f"--scale-dtype {scale_dtype} differs from the weights' dtype ({', '.join(other)}): "
+                    "transformers keeps weight_scale in the model's dtype and would compute other "
+                    "weights than fp8fast dequantize; --scale-dtype auto stores them in the weight's dtype")
     with _Threads(jobs), _single_file_writing(ck, dst):
         if ck.single_file:
             # A lone file has no config.json: its own metadata carries the quantization config
@@ -1045,7 +1062,7 @@ def quantize_checkpoint(
     return quantize(src, dst, fmt=fmt, granularity=granularity, block=block, layout=layout,
                     ignore=ignore, rounding=rounding, seed=seed, jobs=jobs, force=force,
                     quiet=not progress, scheme=scheme, scale_dtype=scale_dtype,
-                    warn=lambda message: warnings.warn(message, UserWarning, stacklevel=3))
+                    warn=lambda message: warnings.warn(message, UserWarning, stacklevel=5))
 
 
 def dequantize_checkpoint(

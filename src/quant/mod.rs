@@ -669,6 +669,20 @@ impl ScaleDtype {
                 .clamp(f16::from_bits(1).to_f32(), f16::MAX.to_f32()),
         }
     }
+
+    /// [`Self::round`] for the scale of a group whose largest code is `fmt`'s max normal: a
+    /// float16 scale rounded up could make `max_normal * scale` overflow float16 (a group
+    /// with amax 65504 gets 146.25, and 448 * 146.25 = 65520 is infinite in float16, for the
+    /// client's `q.half() * scale` as for a float16 dequantization); it steps down one float16
+    /// value then, and the group's largest elements saturate to the max code instead.
+    pub fn round_for(self, scale: f32, fmt: Format) -> f32 {
+        let s = self.round(scale);
+        if self == ScaleDtype::F16 && f64::from(s) * fmt.max_normal() > f64::from(f16::MAX.to_f32())
+        {
+            return f16::from_bits(f16::from_f32(s).to_bits() - 1).to_f32();
+        }
+        s
+    }
 }
 
 /// The MX shared exponent `X` of a group with largest finite magnitude `amax`.
@@ -802,7 +816,7 @@ pub fn quantize_stored<T: QuantInput>(
     } else {
         let s: Vec<f32> = keys
             .iter()
-            .map(|&k| store.round(scale_from_amax(T::key_value(k), fmt)))
+            .map(|&k| store.round_for(scale_from_amax(T::key_value(k), fmt), fmt))
             .collect();
         let inv = s.iter().map(|&s| T::W::recip(s)).collect();
         (Scales::F32(s), inv)

@@ -832,3 +832,38 @@ fn table_lookup_kernels_match_scalar_on_every_isa() {
         }
     }
 }
+
+#[test]
+fn float16_scales_never_make_the_largest_code_overflow_float16() {
+    // amax 65504 (float16's max) rounds its scale up to a float16 value whose product with the
+    // max normal is infinite in float16; the stored scale must step down instead.
+    use crate::quant::ScaleDtype;
+    for fmt in [Format::E4M3, Format::E5M2] {
+        for amax in [65504.0f64, 65490.0, 65000.0, 1.0] {
+            let exact = (amax / fmt.max_normal()) as f32;
+            let s = ScaleDtype::F16.round_for(exact, fmt);
+            assert_eq!(
+                half::f16::from_f32(s).to_f32(),
+                s,
+                "{fmt:?} {amax}: not a float16"
+            );
+            assert!(
+                f64::from(s) * fmt.max_normal() <= 65504.0,
+                "{fmt:?} {amax}: {s} * max normal overflows float16"
+            );
+            // Never more than one float16 step from the nearest.
+            let nearest = ScaleDtype::F16.round(exact);
+            assert!(
+                s == nearest
+                    || half::f16::from_f32(s).to_bits() + 1
+                        == half::f16::from_f32(nearest).to_bits()
+            );
+        }
+        // The case that overflowed: the nearest float16 scale is too large.
+        let nearest = ScaleDtype::F16.round((65504.0 / fmt.max_normal()) as f32);
+        assert!(
+            f64::from(nearest) * fmt.max_normal() > 65504.0,
+            "{fmt:?}: test input no longer exercises the step"
+        );
+    }
+}
