@@ -15,7 +15,8 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn of<T>(count: usize) -> Refused {
+    /// `count` elements of `T`, the size computed without overflow.
+    pub(crate) fn of<T>(count: usize) -> Refused {
         Refused {
             bytes: count as u128 * std::mem::size_of::<T>() as u128,
         }

@@ -17,20 +17,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 FileId = Tuple[int, int]
 
 
-def _file_id(path: str) -> Optional[FileId]:
-    """``(st_dev, st_ino)`` of what ``path`` names after symbolic links, or None if it does
-    not exist (or cannot be examined)."""
+def _file_id(path: str, follow_symlinks: bool = True) -> Optional[FileId]:
+    """``(st_dev, st_ino)`` of what ``path`` names (after symbolic links, or of a link itself
+    with ``follow_symlinks=False``), or None if it does not exist (or cannot be examined)."""
     try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _lexical_id(path: str) -> Optional[FileId]:
-    """As :func:`_file_id`, but of a symbolic link itself rather than its target."""
-    try:
-        st = os.lstat(path)
+        st = os.stat(path, follow_symlinks=follow_symlinks)
     except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
@@ -58,7 +49,7 @@ def _ancestors(path: str) -> List[Tuple[str, FileId]]:
 
 def _identities(path: str) -> List[FileId]:
     """The file ids ``path`` stands for: its target and, for a symbolic link, the link."""
-    ids = [i for i in (_file_id(path), _lexical_id(path)) if i is not None]
+    ids = [i for i in (_file_id(path), _file_id(path, follow_symlinks=False)) if i is not None]
     return list(dict.fromkeys(ids))
 
 

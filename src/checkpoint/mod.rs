@@ -208,9 +208,7 @@ fn check_not_input(dst: &Path, inputs: &[&Path]) -> Result<()> {
 fn view<T: bytemuck::Pod>(buf: &mut Vec<u64>, elements: usize) -> Result<&mut [T], Refused> {
     let bytes = elements
         .checked_mul(std::mem::size_of::<T>())
-        .ok_or(Refused {
-            bytes: elements as u128 * std::mem::size_of::<T>() as u128,
-        })?;
+        .ok_or(Refused::of::<T>(elements))?;
     let words = bytes.div_ceil(8);
     crate::alloc::grow(buf, words, 0)?;
     let all: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..words]);

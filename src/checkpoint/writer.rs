@@ -549,7 +549,7 @@ impl SafetensorsWriter {
             let io = |e| Error::io(self.context(), e);
             let mut map = map_range(&self.sink.file, self.pos, len).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::OutOfMemory {
-                    let refused = crate::alloc::Refused { bytes: len as u128 };
+                    let refused = crate::alloc::Refused::of::<u8>(len);
                     self.refused(refused, "a map of its place in the output")
                 } else {
                     io(e)
