@@ -418,18 +418,20 @@ pub fn quantize_file(
                 },
                 nearest => nearest,
             };
-            let scales = w.write_tensor_with(t.numel(), |codes: &mut [u8]| match t.dtype {
-                Dtype::BF16 => with_tensor(&f, t, &mut input, |x: &[bf16]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
-                }),
-                Dtype::F16 => with_tensor(&f, t, &mut input, |x: &[f16]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
-                }),
-                _ => with_tensor(&f, t, &mut input, |x: &[f32]| {
-                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
-                }),
-            })?;
-            w.write(&scale_bytes(scales, store))?;
+            let part = QuantizeJob {
+                rows,
+                cols,
+                fmt,
+                g,
+                rounding,
+                store,
+            };
+            let scales = match t.dtype {
+                Dtype::BF16 => with_tensor(&f, t, &mut input, |x: &[bf16]| part.run(x, &mut w)),
+                Dtype::F16 => with_tensor(&f, t, &mut input, |x: &[f16]| part.run(x, &mut w)),
+                _ => with_tensor(&f, t, &mut input, |x: &[f32]| part.run(x, &mut w)),
+            }?;
+            w.write(&scales)?;
             summary.converted.push(t.name.clone());
         } else {
             copy_tensor(&f, t, &mut w, &mut buf)?;
@@ -440,6 +442,96 @@ pub fn quantize_file(
     w.finish()?;
     summary.output_bytes = std::fs::metadata(dst).map(|m| m.len()).unwrap_or(0);
     Ok(summary)
+}
+
+/// Pieces quantized through the pipelined path (tests check that it ran).
+#[cfg(test)]
+static PARTS_QUANTIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The quantization of one weight into the writer's next tensor.
+struct QuantizeJob {
+    rows: usize,
+    cols: usize,
+    fmt: Format,
+    g: Granularity,
+    rounding: Rounding,
+    store: ScaleDtype,
+}
+
+impl QuantizeJob {
+    /// Write the codes of `x` as the writer's next tensor; returns the scales' bytes.
+    ///
+    /// Where scale groups allow (every granularity but one scale per tensor), the weight is
+    /// quantized in parts of whole groups of rows of about 1 MiB of codes, each part's amax and
+    /// encoding on the pool while its rows are in the caches, and a writer thread writes the
+    /// parts ([`SafetensorsWriter::write_tensor_pipelined`]). Writing costs the kernel about
+    /// half of what populating a map of the output does, and the input is read once from
+    /// memory instead of twice (amax pass, then encoding pass). Measured on a 2-vCPU VM,
+    /// 2 GiB of bf16 on tmpfs, per-channel: 0.6x the time of quantizing each tensor whole
+    /// into a populated map. One scale per tensor needs the whole tensor's amax first, so it
+    /// is quantized whole into the writer's buffer or map.
+    fn run<T: scaled::Source>(&self, x: &[T], w: &mut SafetensorsWriter) -> Result<Vec<u8>> {
+        let QuantizeJob {
+            rows,
+            cols,
+            fmt,
+            g,
+            rounding,
+            store,
+        } = *self;
+        let unit = scaled::rows_per_part(g).and_then(|r| r.checked_mul(cols));
+        match unit {
+            Some(unit) if unit > 0 && SafetensorsWriter::pipelined_parts_can_hold(unit) => {
+                let scales = std::cell::RefCell::new(Vec::new());
+                let quantize = |first: usize, codes: &mut [u8]| {
+                    scaled::quantize_rows_into(
+                        &x[first..first + codes.len()],
+                        codes.len() / cols,
+                        cols,
+                        fmt,
+                        g,
+                        rounding,
+                        store,
+                        codes,
+                        first,
+                    )
+                };
+                w.write_tensor_pipelined(x.len(), unit, |first, codes: &mut [u8]| {
+                    let units = codes.len() / unit;
+                    let threads = crate::threads::num_threads();
+                    let parts = if threads > 1 && units >= 2 * threads {
+                        // Each thread quantizes whole groups of rows, amax then encoding,
+                        // while they are in its caches (a part of 1-2 units per pool task).
+                        let per = units.div_ceil(4 * threads) * unit;
+                        crate::threads::map(
+                            codes
+                                .chunks_mut(per)
+                                .enumerate()
+                                .map(|(i, c)| (first + i * per, c))
+                                .collect(),
+                            |(at, c)| quantize(at, c),
+                        )
+                    } else {
+                        vec![quantize(first, codes)]
+                    };
+                    #[cfg(test)]
+                    PARTS_QUANTIZED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut scales = scales.borrow_mut();
+                    for s in parts {
+                        scales.extend(scale_bytes(s?, store));
+                    }
+                    Ok(())
+                })?;
+                Ok(scales.into_inner())
+            }
+            _ => {
+                let s = w.write_tensor_with(x.len(), |codes: &mut [u8]| {
+                    scaled::quantize_weight_into(x, rows, cols, fmt, g, rounding, store, codes)
+                })?;
+                Ok(scale_bytes(s, store))
+            }
+        }
+    }
 }
 
 /// Create the writer of `plan` at `dst` and report the starting progress of converting `f`.

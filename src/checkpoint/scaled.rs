@@ -134,6 +134,36 @@ pub fn quantize_weight_into<T: Source>(
     store: ScaleDtype,
     codes: &mut [u8],
 ) -> Result<quant::Scales> {
+    quantize_rows_into(x, rows, cols, fmt, g, rounding, store, codes, 0)
+}
+
+/// How many rows a part of a weight quantized on its own must hold a multiple of, so that its
+/// codes and scales are those of the whole weight (a part holds whole scale groups); `None`
+/// for one scale per tensor, whose amax needs every row.
+pub fn rows_per_part(g: Granularity) -> Option<usize> {
+    match g {
+        Granularity::Tensor => None,
+        Granularity::Channel | Granularity::Mx => Some(1),
+        Granularity::Block(br, _) => Some(br.max(1)),
+    }
+}
+
+/// [`quantize_weight_into`] of `rows` consecutive rows of a larger weight, starting at its
+/// element `first` (a multiple of [`rows_per_part`] rows, so the part holds whole scale
+/// groups; stochastic rounding uses the whole weight's element indices). The scales returned
+/// are the part's rows of the whole weight's scales.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_rows_into<T: Source>(
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    fmt: Format,
+    g: Granularity,
+    rounding: Rounding,
+    store: ScaleDtype,
+    codes: &mut [u8],
+    first: usize,
+) -> Result<quant::Scales> {
     g.check()?;
     check_dims(x.len(), rows, cols)?;
     let qg = match g {
@@ -142,7 +172,16 @@ pub fn quantize_weight_into<T: Source>(
         Granularity::Block(br, bc) => quant::Granularity::Block { rows: br, cols: bc },
         Granularity::Mx => quant::Granularity::Mx,
     };
-    quant::quantize_stored(x, &[rows, cols], fmt, qg, rounding, store, codes)
+    quant::quantize_stored_from(
+        x,
+        &[rows, cols],
+        fmt,
+        qg,
+        rounding,
+        store,
+        codes,
+        first as u64,
+    )
 }
 
 /// An output element type of dequantization.

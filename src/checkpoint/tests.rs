@@ -174,6 +174,136 @@ fn quantize_then_dequantize_round_trips_in_both_layouts() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Weights larger than one pipelined piece, quantized part by part on 1-3 threads, give the
+/// codes and scales of quantizing each weight whole: for bf16, f16 and f32 sources, every
+/// granularity that is quantized in parts, partial blocks and MX groups, nearest and
+/// stochastic rounding.
+#[test]
+fn weights_quantized_in_parts_equal_weights_quantized_whole() {
+    let d = tmpdir("parts");
+    let src = d.join("big.safetensors");
+    // bf16 2300 x 600: 1.3 MiB of codes (two pieces, sub-parts per thread); f16 1500 x 700;
+    // f32 1200 x 1000 (its 128-row blocks hold 125 KiB of codes: 8 per piece).
+    let specs = [
+        ("a.weight", Dtype::BF16, 2300usize, 600usize),
+        ("b.weight", Dtype::F16, 1500, 700),
+        ("c.weight", Dtype::F32, 1200, 1000),
+    ];
+    let plan = specs
+        .iter()
+        .map(|&(n, dt, r, c)| OutTensor::new(n, dt, vec![r, c]))
+        .collect();
+    let mut w = SafetensorsWriter::create(&src, plan, None, false).unwrap();
+    let mut inputs = Vec::new();
+    for (k, &(_, dt, r, c)) in specs.iter().enumerate() {
+        let mut v = values(r * c, 40 + k as u32);
+        // Rows of very different magnitudes, an all-zero row, NaN and Inf.
+        for (i, x) in v.iter_mut().enumerate() {
+            *x *= [1.0, 1e-3, 300.0, 0.0][(i / c) % 4];
+        }
+        v[7] = f32::NAN;
+        v[c + 3] = f32::INFINITY;
+        let bytes: Vec<u8> = match dt {
+            Dtype::BF16 => {
+                bytemuck::cast_slice(&v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())
+                    .to_vec()
+            }
+            Dtype::F16 => {
+                bytemuck::cast_slice(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())
+                    .to_vec()
+            }
+            _ => bytemuck::cast_slice(&v).to_vec(),
+        };
+        w.write(&bytes).unwrap();
+        inputs.push(bytes);
+    }
+    w.finish().unwrap();
+    let targets: Vec<String> = specs.iter().map(|s| s.0.to_string()).collect();
+    let q = d.join("q.safetensors");
+    let before = PARTS_QUANTIZED.load(std::sync::atomic::Ordering::Relaxed);
+    for g in [
+        Granularity::Channel,
+        Granularity::Block(128, 128),
+        Granularity::Block(100, 64),
+        Granularity::Mx,
+    ] {
+        for rounding in [Rounding::Nearest, Rounding::Stochastic { seed: 9 }] {
+            for threads in [1, 2, 3] {
+                crate::threads::set_num_threads(threads).unwrap();
+                let opts = QuantizeOptions {
+                    format: Format::E4M3,
+                    granularity: g,
+                    layout: Layout::CompressedTensors,
+                    rounding,
+                    scale_dtype: None,
+                };
+                quantize_file(&src, &q, &targets, opts, None, true, &mut noop).unwrap();
+                let f = SafetensorsFile::open(&q).unwrap();
+                for (&(name, dt, rows, cols), bytes) in specs.iter().zip(&inputs) {
+                    let rounding = match rounding {
+                        Rounding::Stochastic { seed } => Rounding::Stochastic {
+                            seed: tensor_seed(seed, name),
+                        },
+                        nearest => nearest,
+                    };
+                    let store = opts.scale_store(dt);
+                    let mut codes = vec![0u8; rows * cols];
+                    let whole = match dt {
+                        Dtype::BF16 => scaled::quantize_weight_into(
+                            bytemuck::cast_slice::<u8, bf16>(bytes),
+                            rows,
+                            cols,
+                            Format::E4M3,
+                            g,
+                            rounding,
+                            store,
+                            &mut codes,
+                        ),
+                        Dtype::F16 => scaled::quantize_weight_into(
+                            bytemuck::cast_slice::<u8, f16>(bytes),
+                            rows,
+                            cols,
+                            Format::E4M3,
+                            g,
+                            rounding,
+                            store,
+                            &mut codes,
+                        ),
+                        _ => scaled::quantize_weight_into(
+                            bytemuck::cast_slice::<u8, f32>(bytes),
+                            rows,
+                            cols,
+                            Format::E4M3,
+                            g,
+                            rounding,
+                            store,
+                            &mut codes,
+                        ),
+                    }
+                    .unwrap();
+                    let what = format!("{name} {g:?} {rounding:?} threads {threads}");
+                    let got = read_as::<u8>(&f, f.get(name).unwrap()).unwrap();
+                    assert!(got == codes, "codes of {what}");
+                    let scale = f.get(&format!("{name}_scale")).unwrap();
+                    assert_eq!(
+                        read_as::<u8>(&f, scale).unwrap(),
+                        scale_bytes(whole, store),
+                        "scales of {what}"
+                    );
+                }
+            }
+        }
+    }
+    crate::threads::set_num_threads(1).unwrap();
+    let parts = PARTS_QUANTIZED.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // 4 granularities x 2 roundings x 3 thread counts x (2 + 1 + 1 pieces at least).
+    assert!(
+        parts >= 4 * 2 * 3 * 4,
+        "the weights went through the pipelined path: {parts}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
     let d = tmpdir("ds");

@@ -631,6 +631,13 @@ impl SafetensorsWriter {
         Ok(())
     }
 
+    /// Whether [`write_tensor_pipelined`](Self::write_tensor_pipelined) keeps every piece a
+    /// multiple of `align` elements of one byte (it does up to a limit, then drops the
+    /// alignment so pieces stay bounded).
+    pub fn pipelined_parts_can_hold(align: usize) -> bool {
+        align <= PIPELINE_MAX_ALIGNED_BYTES
+    }
+
     fn write_pieces<T: bytemuck::Pod>(
         &mut self,
         elements: usize,

@@ -8,6 +8,7 @@ use half::{bf16, f16};
 
 use super::stochastic::StochasticParams;
 use crate::arch::{self, Isa};
+use crate::format::Format;
 
 /// Largest magnitudes of a slice, as "magnitude keys": the IEEE bits with the sign cleared,
 /// which order exactly like the magnitudes (NaNs above +Inf), widened to `u64`.
@@ -32,6 +33,9 @@ impl AbsMaxKeys {
         }
     }
 }
+
+/// A fused scaling and encoding kernel: `(src, col0, group, s, codes, fmt)`.
+pub type ScaleEncodeBf16 = fn(&[bf16], usize, usize, &[f32], &mut [u8], Format);
 
 /// Slice kernels of one ISA for quantization.
 #[derive(Clone, Copy)]
@@ -60,6 +64,15 @@ pub struct QuantKernels {
     pub scale_groups_f32: fn(&[f32], usize, usize, &[f32], &mut [f32]),
     /// `buf[j] *= s[(col0 + j) / group]`, with arguments `(buf, col0, group, s)`.
     pub scale_groups_inplace_f32: fn(&mut [f32], usize, usize, &[f32]),
+    /// `dst[j] = f32(src[j]) * s[(col0 + j) / group]`: the exact widening and one IEEE
+    /// multiply, in one pass (arguments as `scale_groups_f32`).
+    pub scale_groups_bf16: fn(&[bf16], usize, usize, &[f32], &mut [f32]),
+    /// As `scale_groups_bf16` for `f16`.
+    pub scale_groups_f16: fn(&[f16], usize, usize, &[f32], &mut [f32]),
+    /// `scale_groups_bf16` and the saturating round-to-nearest encoding of its result to
+    /// `fmt` in one pass, `(src, col0, group, s, codes, fmt)`, where a level has it (else the
+    /// two passes run over a tile in the caches).
+    pub scale_encode_bf16: Option<ScaleEncodeBf16>,
     /// Stochastic rounding of `f32` to FP8 (see [`super::stochastic`]).
     pub stochastic_f32: fn(&[f32], &mut [u8], StochasticParams),
     /// `out[j] = table[codes[j]]` for 16-bit results (a dequantization table of bfloat16 or
@@ -161,6 +174,59 @@ pub fn scale_groups_f32_body(src: &[f32], col0: usize, group: usize, s: &[f32], 
         }
     });
 }
+
+/// The exact `f32` value of bfloat16 bits (its top half).
+#[inline(always)]
+pub fn bf16_bits_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// The exact `f32` value of float16 bits, in integer and float operations that vectorise on
+/// every level (F16C's `vcvtph2ps` is not in the portable or NEON tables' reach, and `half`'s
+/// own conversion picks its instruction per call). Normal values rebias the exponent;
+/// subnormals are normalised by one exact subtraction; Inf and NaN keep their payload (a
+/// signalling NaN stays one until the multiply that follows quiets it).
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    const EXP: u32 = 0x7C00 << 13;
+    let h = u32::from(h);
+    let shifted = (h & 0x7FFF) << 13;
+    let exp = shifted & EXP;
+    let rebiased = shifted + ((127 - 15) << 23);
+    let magnitude = if exp == EXP {
+        f32::from_bits(rebiased + ((128 - 16) << 23))
+    } else if exp == 0 {
+        // 2^-14 * 0.m, by placing m under the exponent of 2^-14 and subtracting the 1.
+        f32::from_bits(rebiased + (1 << 23)) - f32::from_bits(113 << 23)
+    } else {
+        f32::from_bits(rebiased)
+    };
+    f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
+}
+
+macro_rules! scale_groups_half_body {
+    ($name:ident, $t:ty, $widen:ident) => {
+        /// `dst[j] = widen(src[j]) * s[(col0 + j) / group]`.
+        #[inline(always)]
+        pub fn $name(src: &[$t], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+            if group == 1 {
+                for ((d, x), &s) in dst.iter_mut().zip(src).zip(&s[col0..]) {
+                    *d = $widen(x.to_bits()) * s;
+                }
+                return;
+            }
+            for_each_group_run(src.len().min(dst.len()), col0, group, |a, b, g| {
+                let s = s[g];
+                for (d, x) in dst[a..b].iter_mut().zip(&src[a..b]) {
+                    *d = $widen(x.to_bits()) * s;
+                }
+            });
+        }
+    };
+}
+
+scale_groups_half_body!(scale_groups_bf16_body, bf16, bf16_bits_to_f32);
+scale_groups_half_body!(scale_groups_f16_body, f16, f16_bits_to_f32);
 
 /// `buf[j] *= s[(col0 + j) / group]`.
 #[inline(always)]

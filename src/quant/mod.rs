@@ -367,6 +367,19 @@ pub trait QuantInput: Wide {
         dst: &mut [Self::W],
         k: &QuantKernels,
     );
+    /// `scale_into` and the saturating nearest encoding to `fmt` in one pass, where the level
+    /// has such a kernel for this type; `false` (nothing written) where it has not.
+    fn scale_encode(
+        _src: &[Self],
+        _col0: usize,
+        _group: usize,
+        _s: &[Self::W],
+        _dst: &mut [u8],
+        _fmt: Format,
+        _k: &QuantKernels,
+    ) -> bool {
+        false
+    }
     /// Stochastically encode `src` (no scaling) with the active kernels; `buf` is scratch.
     fn stochastic_tile(
         src: &[Self],
@@ -459,7 +472,7 @@ impl QuantInput for f64 {
 }
 
 macro_rules! impl_half_input {
-    ($t:ty, $inf:expr, $absmax:ident, $group_max:ident) => {
+    ($t:ty, $inf:expr, $absmax:ident, $group_max:ident, $scale_groups:ident $(, $fused:ident)?) => {
         impl QuantInput for $t {
             type W = f32;
             const INF_KEY: u64 = $inf;
@@ -483,9 +496,21 @@ macro_rules! impl_half_input {
                 dst: &mut [f32],
                 k: &QuantKernels,
             ) {
-                src.convert_to_f32_slice(dst);
-                (k.scale_groups_inplace_f32)(dst, col0, group, s)
+                (k.$scale_groups)(src, col0, group, s, dst)
             }
+            $(
+            fn scale_encode(
+                src: &[$t],
+                col0: usize,
+                group: usize,
+                s: &[f32],
+                dst: &mut [u8],
+                fmt: Format,
+                k: &QuantKernels,
+            ) -> bool {
+                k.$fused.map(|f| f(src, col0, group, s, dst, fmt)).is_some()
+            }
+            )?
             fn stochastic_tile(
                 src: &[$t],
                 dst: &mut [u8],
@@ -502,8 +527,15 @@ macro_rules! impl_half_input {
     };
 }
 
-impl_half_input!(f16, 0x7C00, absmax_f16, group_max_f16);
-impl_half_input!(bf16, 0x7F80, absmax_bf16, group_max_bf16);
+impl_half_input!(f16, 0x7C00, absmax_f16, group_max_f16, scale_groups_f16);
+impl_half_input!(
+    bf16,
+    0x7F80,
+    absmax_bf16,
+    group_max_bf16,
+    scale_groups_bf16,
+    scale_encode_bf16
+);
 
 /// Apply `f(offset, src_piece, dst_piece)` to equal-length slices, split across the pool at
 /// multiples of [`TILE`] when large.
@@ -725,11 +757,14 @@ enum Encoder<W> {
 }
 
 /// The fused pass over the flat range `[start, start + x.len())`: tile, scale, encode.
+/// Stochastic rounding draws for element `start + i` the draw of global index `first + start +
+/// i`.
 #[allow(clippy::too_many_arguments)]
 fn encode_range<T: QuantInput>(
     x: &[T],
     q: &mut [u8],
     start: usize,
+    first: u64,
     lay: &Layout,
     inv: &[T::W],
     fmt: Format,
@@ -743,9 +778,15 @@ fn encode_range<T: QuantInput>(
         let (r, c) = (flat / lay.cols, flat % lay.cols);
         let take = TILE.min(lay.cols - c).min(x.len() - pos);
         let inv_row = &inv[lay.srow(r) * lay.groups..][..lay.groups];
+        let out = &mut q[pos..pos + take];
+        if let Encoder::Nearest(_) = enc {
+            if T::scale_encode(&x[pos..pos + take], c, lay.group, inv_row, out, fmt, qk) {
+                pos += take;
+                continue;
+            }
+        }
         let b = &mut buf[..take];
         T::scale_into(&x[pos..pos + take], c, lay.group, inv_row, b, qk);
-        let out = &mut q[pos..pos + take];
         match *enc {
             Encoder::Nearest(f) => f(b, out, fmt, true),
             Encoder::Stochastic(f, key) => f(
@@ -755,7 +796,7 @@ fn encode_range<T: QuantInput>(
                     fmt,
                     saturate: true,
                     key,
-                    start: flat as u64,
+                    start: first + flat as u64,
                 },
             ),
         }
@@ -801,6 +842,23 @@ pub fn quantize_stored<T: QuantInput>(
     store: ScaleDtype,
     q: &mut [u8],
 ) -> Result<Scales> {
+    quantize_stored_from(x, shape, fmt, granularity, rounding, store, q, 0)
+}
+
+/// [`quantize_stored`] of a part of a larger array that starts at element `first` of it:
+/// stochastic rounding uses the draws of the larger array's indices, so quantizing it part by
+/// part (whole scale groups each) gives the codes of quantizing it at once.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_stored_from<T: QuantInput>(
+    x: &[T],
+    shape: &[usize],
+    fmt: Format,
+    granularity: Granularity,
+    rounding: Rounding,
+    store: ScaleDtype,
+    q: &mut [u8],
+    first: u64,
+) -> Result<Scales> {
     check_elements(shape, x.len(), "input")?;
     check_elements(shape, q.len(), "output")?;
     let lay = Layout::new(shape, granularity)?;
@@ -832,7 +890,7 @@ pub fn quantize_stored<T: QuantInput>(
         }
     };
     par_ranges(x, q, |start, xs, qs| {
-        encode_range(xs, qs, start, &lay, &inv, fmt, &enc, qk)
+        encode_range(xs, qs, start, first, &lay, &inv, fmt, &enc, qk)
     });
     Ok(scales)
 }

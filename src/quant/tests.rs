@@ -747,6 +747,98 @@ fn scale_group_kernels_match_naive_on_every_isa() {
     }
 }
 
+/// Every bfloat16 and float16 bit pattern, widened and scaled by each level's one-pass kernel,
+/// equals `half`'s exact widening followed by the same multiply (NaN stays NaN with its sign).
+#[test]
+fn half_scale_group_kernels_widen_exactly_on_every_isa() {
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    let b: Vec<bf16> = bits.iter().map(|&x| bf16::from_bits(x)).collect();
+    let h: Vec<f16> = bits.iter().map(|&x| f16::from_bits(x)).collect();
+    // 1 (the widening alone), a rounding scale, one that overflows large inputs, one that
+    // flushes small ones into f32 subnormals, and per-group scales.
+    let scales: Vec<f32> = vec![1.0, 0.7, 3.1e34, 1.3e-39, -2.5, 448.0 / 3.0];
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits()
+            || (a.is_nan() && b.is_nan() && a.is_sign_negative() == b.is_sign_negative())
+    }
+    for k in tables() {
+        for (group, col0) in [
+            (1usize << 20, 0usize),
+            (1 << 20, 5),
+            (10_930, 0),
+            (10_930, 17),
+        ] {
+            let mut got = vec![0f32; bits.len()];
+            let want = |x: f32, j: usize| x * scales[(col0 + j) / group];
+            (k.scale_groups_bf16)(&b, col0, group, &scales, &mut got);
+            for (j, (&g, x)) in got.iter().zip(&b).enumerate() {
+                assert!(
+                    same(g, want(x.to_f32(), j)),
+                    "{} bf16 {:#06x} group {group}: {g:e}",
+                    k.isa,
+                    x.to_bits()
+                );
+            }
+            (k.scale_groups_f16)(&h, col0, group, &scales, &mut got);
+            for (j, (&g, x)) in got.iter().zip(&h).enumerate() {
+                assert!(
+                    same(g, want(x.to_f32(), j)),
+                    "{} f16 {:#06x} group {group}: {g:e}",
+                    k.isa,
+                    x.to_bits()
+                );
+            }
+        }
+        // Per-element scales (group 1) from an offset column.
+        let per: Vec<f32> = (0..300).map(|j| 0.5 + j as f32 / 7.0).collect();
+        let mut got = vec![0f32; 200];
+        (k.scale_groups_f16)(&h[0x3000..0x30C8], 100, 1, &per, &mut got);
+        for (j, &g) in got.iter().enumerate() {
+            assert!(
+                same(g, h[0x3000 + j].to_f32() * per[100 + j]),
+                "{} group 1",
+                k.isa
+            );
+        }
+    }
+}
+/// Where a level fuses the bfloat16 scaling and encoding, every bfloat16 pattern, scaled by
+/// rounding, overflowing, flushing and negative scales, in both formats, from offsets that
+/// leave group runs of every tail length, gives the scalar reference's code of the scaled
+/// value: the codes of the two separate passes.
+#[test]
+fn fused_bf16_scale_encode_matches_the_scalar_reference_on_every_isa() {
+    let b: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let scales: Vec<f32> = vec![1.0, 0.7, 3.1e34, 1.3e-39, -2.5, 448.0 / 3.0, 2e-3, 7.0];
+    let mut fused = 0;
+    for k in tables() {
+        let Some(f) = k.scale_encode_bf16 else {
+            continue;
+        };
+        fused += 1;
+        for fmt in [Format::E4M3, Format::E5M2] {
+            for (group, col0) in [(8_300usize, 0usize), (8_300, 77), (8_193, 5), (1, 3)] {
+                let n = if group == 1 { 4_000 } else { b.len() };
+                let mut got = vec![0u8; n];
+                let per: Vec<f32> = (0..n + col0).map(|j| scales[j % scales.len()]).collect();
+                let s = if group == 1 { &per[..] } else { &scales[..] };
+                f(&b[..n], col0, group, s, &mut got, fmt);
+                for (j, (&code, x)) in got.iter().zip(&b).enumerate() {
+                    let want = scalar::encode_f32(x.to_f32() * s[(col0 + j) / group], fmt, true);
+                    assert!(
+                        same_code(code, want, fmt),
+                        "{} {fmt:?} bf16 {:#06x} group {group} col0 {col0}: {code:#04x} != {want:#04x}",
+                        k.isa,
+                        x.to_bits()
+                    );
+                }
+            }
+        }
+    }
+    let want = usize::from(arch::available().contains(&Isa::Avx512));
+    assert!(fused >= want, "the AVX-512 level has the fused kernel");
+}
+
 #[test]
 fn group_max_kernels_match_naive_on_every_isa() {
     let mut rng = Lcg(22);

@@ -38,6 +38,12 @@ fn scale_groups_f32_portable(src: &[f32], col0: usize, group: usize, s: &[f32], 
 fn scale_groups_inplace_f32_portable(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
     k::scale_groups_inplace_f32_body(buf, col0, group, s)
 }
+fn scale_groups_bf16_portable(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_bf16_body(src, col0, group, s, dst)
+}
+fn scale_groups_f16_portable(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_f16_body(src, col0, group, s, dst)
+}
 /// The table lookup has no AVX2 form worth having (no 16-bit permute across 256 entries;
 /// gathers are slower than the scalar loads), so the AVX2 table shares this one.
 pub(crate) fn lookup_u16_portable(codes: &[u8], table: &[u16; 256], out: &mut [u16]) {
@@ -57,6 +63,9 @@ pub static QUANT: QuantKernels = QuantKernels {
     group_max_bf16: group_max_bf16_portable,
     scale_groups_f32: scale_groups_f32_portable,
     scale_groups_inplace_f32: scale_groups_inplace_f32_portable,
+    scale_groups_bf16: scale_groups_bf16_portable,
+    scale_groups_f16: scale_groups_f16_portable,
+    scale_encode_bf16: None,
     stochastic_f32: stochastic::encode_f32,
     lookup_u16: lookup_u16_portable,
 };

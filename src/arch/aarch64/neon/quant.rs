@@ -44,6 +44,10 @@ neon_bodies! {
         = k::scale_groups_f32_body;
     scale_groups_inplace_f32(buf: &mut [f32], col0: usize, group: usize, s: &[f32])
         = k::scale_groups_inplace_f32_body;
+    scale_groups_bf16(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32])
+        = k::scale_groups_bf16_body;
+    scale_groups_f16(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32])
+        = k::scale_groups_f16_body;
 }
 
 /// `lowbias32` on 4 lanes.
@@ -235,6 +239,9 @@ static QUANT: QuantKernels = QuantKernels {
     group_max_bf16,
     scale_groups_f32,
     scale_groups_inplace_f32,
+    scale_groups_bf16,
+    scale_groups_f16,
+    scale_encode_bf16: None,
     stochastic_f32,
     lookup_u16,
 };

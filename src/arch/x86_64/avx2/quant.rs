@@ -53,6 +53,14 @@ fn scale_groups_f32_impl(src: &[f32], col0: usize, group: usize, s: &[f32], dst:
 fn scale_groups_inplace_f32_impl(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
     k::scale_groups_inplace_f32_body(buf, col0, group, s)
 }
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_groups_bf16_impl(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_bf16_body(src, col0, group, s, dst)
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_groups_f16_impl(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_f16_body(src, col0, group, s, dst)
+}
 
 /// `lowbias32` on 8 lanes.
 #[inline(always)]
@@ -248,6 +256,14 @@ fn scale_groups_inplace_f32(buf: &mut [f32], col0: usize, group: usize, s: &[f32
     // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
     unsafe { scale_groups_inplace_f32_impl(buf, col0, group, s) }
 }
+fn scale_groups_bf16(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { scale_groups_bf16_impl(src, col0, group, s, dst) }
+}
+fn scale_groups_f16(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
+    unsafe { scale_groups_f16_impl(src, col0, group, s, dst) }
+}
 fn stochastic_f32(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     // SAFETY: this table is only handed out when the CPU has avx2+fma+f16c.
     unsafe { stochastic_f32_impl(src, dst, p) }
@@ -265,6 +281,9 @@ static QUANT: QuantKernels = QuantKernels {
     group_max_bf16,
     scale_groups_f32,
     scale_groups_inplace_f32,
+    scale_groups_bf16,
+    scale_groups_f16,
+    scale_encode_bf16: None,
     stochastic_f32,
     lookup_u16: crate::arch::portable::quant::lookup_u16_portable,
 };

@@ -32,7 +32,7 @@ const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 const RZ: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
 
 /// Elements per main-loop iteration.
-const BLOCK: usize = 64;
+pub(super) const BLOCK: usize = 64;
 
 static CODEC: CodecKernels = CodecKernels {
     isa: Isa::Avx512,
@@ -53,7 +53,7 @@ pub fn codec_kernels() -> &'static CodecKernels {
 
 /// `k` with the lowest `n` bits set (`n <= 16`).
 #[inline(always)]
-fn mask16(n: usize) -> __mmask16 {
+pub(super) fn mask16(n: usize) -> __mmask16 {
     debug_assert!(n <= 16);
     ((1u32 << n) - 1) as __mmask16
 }
@@ -109,7 +109,7 @@ fn encode_abs_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
 /// [`encode_abs_lanes`] with the sign: `code | ((bits >> 24) & 0x80)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
-fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
+pub(super) fn encode_f32_lanes<const E5: bool, const SAT: bool>(bits: __m512i) -> __m512i {
     _mm512_ternarylogic_epi32::<0xF8>(
         encode_abs_lanes::<E5, SAT>(bits),
         _mm512_srli_epi32::<24>(bits),
@@ -160,7 +160,7 @@ fn pack_signed_codes(codes: [__m512i; 4], bits: [__m512i; 4]) -> __m512i {
 /// Encode 64 f32 bit patterns (four vectors) to 64 codes in order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
-fn encode_block<const E5: bool, const SAT: bool>(bits: [__m512i; 4]) -> __m512i {
+pub(super) fn encode_block<const E5: bool, const SAT: bool>(bits: [__m512i; 4]) -> __m512i {
     let codes = [
         encode_abs_lanes::<E5, SAT>(bits[0]),
         encode_abs_lanes::<E5, SAT>(bits[1]),
@@ -173,7 +173,7 @@ fn encode_block<const E5: bool, const SAT: bool>(bits: [__m512i; 4]) -> __m512i 
 /// Widen 16 bf16 bit patterns to f32 bit patterns (exact: bf16 is the top half of an f32).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
 #[inline]
-fn bf16_to_f32_bits(h: __m256i) -> __m512i {
+pub(super) fn bf16_to_f32_bits(h: __m256i) -> __m512i {
     _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))
 }
 

@@ -8,7 +8,9 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::codec;
 use crate::arch::Isa;
+use crate::format::Format;
 use crate::quant::kernels::{self as k, AbsMaxKeys, QuantKernels};
 use crate::quant::stochastic::{self, StochasticParams};
 
@@ -51,6 +53,65 @@ fn scale_groups_f32_impl(src: &[f32], col0: usize, group: usize, s: &[f32], dst:
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn scale_groups_inplace_f32_impl(buf: &mut [f32], col0: usize, group: usize, s: &[f32]) {
     k::scale_groups_inplace_f32_body(buf, col0, group, s)
+}
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn scale_groups_bf16_impl(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_bf16_body(src, col0, group, s, dst)
+}
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn scale_groups_f16_impl(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    k::scale_groups_f16_body(src, col0, group, s, dst)
+}
+
+/// `codes[j] = encode_sat(f32(src[j]) * s[(col0 + j) / group])`: the widening, one IEEE
+/// multiply (under MXCSR, like the separate scaling pass) and the saturating encoding of the
+/// codec kernels, on registers.
+///
+/// # Safety
+/// Needs the CPU features of this level.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn scale_encode_bf16_kernel<const E5: bool>(
+    src: &[bf16],
+    col0: usize,
+    group: usize,
+    s: &[f32],
+    dst: &mut [u8],
+) {
+    let n = src.len().min(dst.len());
+    let mut j = 0;
+    while j < n {
+        let g = (col0 + j) / group.max(1);
+        let end = ((g + 1) * group.max(1) - col0).min(n);
+        let scale = _mm512_set1_ps(s[g]);
+        let scaled = |h: __m256i| -> __m512i {
+            let x = _mm512_castsi512_ps(codec::bf16_to_f32_bits(h));
+            _mm512_castps_si512(_mm512_mul_ps(x, scale))
+        };
+        let (p, d) = (src.as_ptr(), dst.as_mut_ptr());
+        while j + codec::BLOCK <= end {
+            // SAFETY: j + 64 <= end <= n: the 64 elements read and 64 bytes written are in
+            // bounds of both slices.
+            unsafe {
+                let load = |i: usize| scaled(_mm256_loadu_si256(p.add(i).cast()));
+                let bits = [load(j), load(j + 16), load(j + 32), load(j + 48)];
+                let codes = codec::encode_block::<E5, true>(bits);
+                _mm512_storeu_si512(d.add(j).cast(), codes);
+            }
+            j += codec::BLOCK;
+        }
+        while j < end {
+            let len = (end - j).min(16);
+            let k = codec::mask16(len);
+            // SAFETY: the masked load and store touch only the `len` elements from j, all in
+            // bounds (j + len <= n); masked-off lanes are not accessed (fault-suppressed).
+            unsafe {
+                let bits = scaled(_mm256_maskz_loadu_epi16(k, p.add(j).cast()));
+                let codes = codec::encode_f32_lanes::<E5, true>(bits);
+                _mm512_mask_cvtepi32_storeu_epi8(d.add(j).cast(), k, codes);
+            }
+            j += len;
+        }
+    }
 }
 
 /// `lowbias32` on 16 lanes.
@@ -242,6 +303,32 @@ fn scale_groups_inplace_f32(buf: &mut [f32], col0: usize, group: usize, s: &[f32
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
     unsafe { scale_groups_inplace_f32_impl(buf, col0, group, s) }
 }
+fn scale_groups_bf16(src: &[bf16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
+    unsafe { scale_groups_bf16_impl(src, col0, group, s, dst) }
+}
+fn scale_groups_f16(src: &[f16], col0: usize, group: usize, s: &[f32], dst: &mut [f32]) {
+    // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
+    unsafe { scale_groups_f16_impl(src, col0, group, s, dst) }
+}
+fn scale_encode_bf16(
+    src: &[bf16],
+    col0: usize,
+    group: usize,
+    s: &[f32],
+    dst: &mut [u8],
+    fmt: Format,
+) {
+    // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level);
+    // the kernel touches min(src.len(), dst.len()) elements and reads the scales of the
+    // groups they belong to, bounds-checked.
+    unsafe {
+        match fmt {
+            Format::E4M3 => scale_encode_bf16_kernel::<false>(src, col0, group, s, dst),
+            Format::E5M2 => scale_encode_bf16_kernel::<true>(src, col0, group, s, dst),
+        }
+    }
+}
 fn stochastic_f32(src: &[f32], dst: &mut [u8], p: StochasticParams) {
     // SAFETY: this table is only handed out when the CPU has avx512f+bw+vl (and avx2 level).
     unsafe { stochastic_f32_impl(src, dst, p) }
@@ -263,6 +350,9 @@ static QUANT: QuantKernels = QuantKernels {
     group_max_bf16,
     scale_groups_f32,
     scale_groups_inplace_f32,
+    scale_groups_bf16,
+    scale_groups_f16,
+    scale_encode_bf16: Some(scale_encode_bf16),
     stochastic_f32,
     lookup_u16,
 };
