@@ -274,6 +274,34 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
     }
 }
 
+/// Repeat each of the first `len` elements of `buf` `copies` times in place:
+/// `buf[i * copies + c] = old buf[i]` (the packed A layout of a kernel with `a_splat > 1`).
+pub(crate) fn splat_in_place<E: Copy>(buf: &mut [E], len: usize, copies: usize) {
+    match copies {
+        1 => {}
+        // The one splat in use (128-bit vectors of float32), with the copies as one store.
+        4 => splat_const::<E, 4>(buf, len),
+        _ => {
+            assert!(buf.len() >= len * copies, "splat buffer too small");
+            // Backwards, so that element i is read before the copies of the elements after
+            // it (all at positions >= (i + 1) * copies > i) are written.
+            for i in (0..len).rev() {
+                let x = buf[i];
+                buf[i * copies..(i + 1) * copies].fill(x);
+            }
+        }
+    }
+}
+
+fn splat_const<E: Copy, const N: usize>(buf: &mut [E], len: usize) {
+    assert!(buf.len() >= len * N, "splat buffer too small");
+    // Backwards, as in `splat_in_place`.
+    for i in (0..len).rev() {
+        let x = buf[i];
+        buf[i * N..(i + 1) * N].copy_from_slice(&[x; N]);
+    }
+}
+
 /// # Safety
 /// As [`pack_f32`], with `ptr` the typed base pointer.
 #[inline(always)]
