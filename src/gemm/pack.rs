@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Columns past `width` and the odd K step of a pair panel are zero, so the microkernel never
-//! needs edge cases. FP8 is decoded through the exact 256-entry tables of [`crate::scalar`].
+//! needs edge cases. A kernel with `a_splat > 1` gets its float32 A panels with every element
+//! repeated that many times ([`splat_in_place`]): `dst[q][p][w][c] = X(p, q * panel + w)`. FP8 is decoded through the exact 256-entry tables of [`crate::scalar`].
 
 use half::{bf16, f16};
 
