@@ -34,6 +34,11 @@ pub(crate) type KernelFn<E> =
 pub(crate) struct Micro<E> {
     pub mr: usize,
     pub nr: usize,
+    /// Copies of each A element in a packed A micro-panel: 1, or the vector width of a kernel
+    /// that loads each A value as a whole vector instead of broadcasting it (SSE2 has no
+    /// broadcast load: a load and a shuffle per value, and the shuffle competes with the adds
+    /// for the same ports).
+    pub a_splat: usize,
     /// K block in elements of K (even for pair kernels).
     pub kc: usize,
     /// Rows of A packed per block (a multiple of `mr`), sized for L2.
@@ -155,6 +160,8 @@ unsafe fn run<E: PackElem>(
 ) -> Result<()> {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let (mr, nr) = (mk.mr, mk.nr);
+    // Packed A elements per K step of a micro-panel.
+    let a_step = mr * mk.a_splat;
     // K chunks of about KC. When a scale changes along K, a chunk is a whole number of scale
     // blocks, each summed and scaled on its own inside the kernel (one block per chunk if
     // the block is odd and panels hold K pairs, so that blocks start on a pair).
@@ -242,7 +249,7 @@ unsafe fn run<E: PackElem>(
                               first: bool,
                               sap: *const f32,
                               sbp: *const f32| {
-                // SAFETY: the panels hold klen K steps of MR / NR elements, the scale vectors
+                // SAFETY: the panels hold klen K steps of MR * a_splat / NR elements, the scale vectors
                 // hold the blocks' MR / NR entries at these offsets, C (or the local tile)
                 // holds MR x NR floats with row stride `ld` (checked by the callers).
                 unsafe {
@@ -252,7 +259,7 @@ unsafe fn run<E: PackElem>(
                     if rem > 0 {
                         (mk.func)(
                             last,
-                            app.add(rem_off(mr)),
+                            app.add(rem_off(a_step)),
                             bpp.add(rem_off(nr)),
                             cp,
                             ld,
@@ -300,7 +307,8 @@ unsafe fn run<E: PackElem>(
                 let (q0, q1) = (s * npanels / nsplit, (s + 1) * npanels / nsplit);
                 A_PACK.with(|cell| {
                     let mut buf = cell.borrow_mut();
-                    let ap = E::buf(&mut buf, mcur.div_ceil(mr) * mr * klen);
+                    let a_len = mcur.div_ceil(mr) * mr * klen;
+                    let ap = E::buf(&mut buf, a_len * mk.a_splat);
                     let a_src = Src {
                         elems: a.elems.offset(i0 as isize * a.rs + k0 as isize * a.cs),
                         ks: a.cs,
@@ -310,6 +318,7 @@ unsafe fn run<E: PackElem>(
                     };
                     // SAFETY: A[i0..i0+mcur, k0..k0+kcur] is inside A.
                     unsafe { E::pack(a_src, mr, ap) };
+                    pack::splat_in_place(ap, a_len, mk.a_splat);
                     for q in q0..q1 {
                         let jj = q * nr;
                         let nrc = nr.min(ncur - jj);
@@ -317,7 +326,7 @@ unsafe fn run<E: PackElem>(
                         for ir in 0..mcur.div_ceil(mr) {
                             let ii = ir * mr;
                             let mrc = mr.min(mcur - ii);
-                            let app = ap[ir * mr * klen..].as_ptr();
+                            let app = ap[ir * a_step * klen..].as_ptr();
                             let sap = sa[i0 + ii..].as_ptr();
                             let sbp = sb[jj..].as_ptr();
                             let cp = c.at(i0 + ii, j0 + jj, ldc);

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Columns past `width` and the odd K step of a pair panel are zero, so the microkernel never
-//! needs edge cases. FP8 is decoded through the exact 256-entry tables of [`crate::scalar`].
+//! needs edge cases. A kernel with `a_splat > 1` gets its float32 A panels with every element
+//! repeated that many times ([`splat_in_place`]): `dst[q][p][w][c] = X(p, q * panel + w)`. FP8 is decoded through the exact 256-entry tables of [`crate::scalar`].
 
 use half::{bf16, f16};
 
@@ -271,6 +272,34 @@ pub(crate) unsafe fn pack_bf16_pairs(src: Src, panel: usize, dst: &mut [u16]) {
                 }
             }
         }
+    }
+}
+
+/// Repeat each of the first `len` elements of `buf` `copies` times in place:
+/// `buf[i * copies + c] = old buf[i]` (the packed A layout of a kernel with `a_splat > 1`).
+pub(crate) fn splat_in_place<E: Copy>(buf: &mut [E], len: usize, copies: usize) {
+    match copies {
+        1 => {}
+        // The one splat in use (128-bit vectors of float32), with the copies as one store.
+        4 => splat_const::<E, 4>(buf, len),
+        _ => {
+            assert!(buf.len() >= len * copies, "splat buffer too small");
+            // Backwards, so that element i is read before the copies of the elements after
+            // it (all at positions >= (i + 1) * copies > i) are written.
+            for i in (0..len).rev() {
+                let x = buf[i];
+                buf[i * copies..(i + 1) * copies].fill(x);
+            }
+        }
+    }
+}
+
+fn splat_const<E: Copy, const N: usize>(buf: &mut [E], len: usize) {
+    assert!(buf.len() >= len * N, "splat buffer too small");
+    // Backwards, as in `splat_in_place`.
+    for i in (0..len).rev() {
+        let x = buf[i];
+        buf[i * N..(i + 1) * N].copy_from_slice(&[x; N]);
     }
 }
 

@@ -670,3 +670,78 @@ fn bf16_activations_times_fp8_blocked() {
         }
     }
 }
+
+/// Every kernel on the blocked path at every edge of its register block (m up to 3 x 14 + 1
+/// in steps that hit 1..3 x MR + 1 for MR 4, 6, 8 and 14; n likewise for NR 8, 12, 16, 32),
+/// K short, odd and across a K block, with misaligned and reversed operand views (A FP8
+/// bytes from column 1 of a wider array, B float32 from column 1), plain and with block
+/// scales along K (several scale blocks per kernel call, each summed on its own).
+#[test]
+fn blocked_edges_and_misaligned_views() {
+    let mut rng = Rng(61);
+    let ms = [1usize, 3, 4, 5, 7, 8, 9, 12, 13, 15, 17, 25, 29, 43];
+    let ns = [1usize, 7, 8, 9, 13, 16, 17, 24, 25, 33, 49, 65, 97];
+    for isa in arch::available() {
+        for (t, (&m, &n)) in ms
+            .iter()
+            .flat_map(|m| ns.iter().map(move |n| (m, n)))
+            .enumerate()
+        {
+            // Mostly short K; every 15th case one K block (KC 256 or 512, 768) plus one.
+            let k = if t % 15 == 14 {
+                [257, 513, 769][t / 15 % 3]
+            } else {
+                [1usize, 2, 3, 5, 9, 17, 31][t % 7]
+            };
+            let fmt = Format::ALL[t % 2];
+            let big_a = Array2::from_shape_simple_fn((m, k + 3), || rng.fp8(fmt));
+            let mut a = big_a.slice(ndarray::s![.., 1..1 + k]);
+            if t % 3 == 1 {
+                a.invert_axis(ndarray::Axis(1));
+            }
+            let big_b = Array2::from_shape_simple_fn((k, n + 2), || rng.f32());
+            let mut b = big_b.slice(ndarray::s![.., 1..1 + n]);
+            if t % 3 == 2 {
+                b.invert_axis(ndarray::Axis(0));
+            }
+            let (av, bv) = (a.mapv(|c| decode_f64(c, fmt)), b.mapv(f64::from));
+            let what = format!("{isa} {fmt:?} {m}x{n}x{k} case {}", t % 3);
+            let blocks = k.div_ceil(2);
+            let sa = Array2::from_shape_fn((m, blocks), |_| rng.f32().abs() + 0.5);
+            let sb = Array2::from_shape_fn((blocks, n), |_| rng.f32().abs() + 0.5);
+            for with_scales in [false, true] {
+                let scales = if with_scales {
+                    Scales {
+                        a: Some(sa.view()),
+                        b: Some(sb.view()),
+                        block: 2,
+                    }
+                } else {
+                    Scales {
+                        block: 128,
+                        ..Default::default()
+                    }
+                };
+                let mut out = ArrayD::<f32>::from_elem(IxDyn(&[m, n]), f32::NAN);
+                matmul_isa(
+                    isa,
+                    &Operand::Fp8(a.view().into_dyn(), fmt),
+                    &Operand::F32(b.view().into_dyn()),
+                    &scales,
+                    Output::F32(out.view_mut()),
+                )
+                .unwrap();
+                let c: Array2<f32> = out.into_dimensionality().unwrap();
+                if with_scales {
+                    let (av, bv) = (
+                        scaled(av.clone(), Some(sa.view()), true, 2),
+                        scaled(bv.clone(), Some(sb.view()), false, 2),
+                    );
+                    check_bound(&c, &av, &bv, &format!("{what} block scales"));
+                } else {
+                    check_bound(&c, &av, &bv, &what);
+                }
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ const NR: usize = 12;
 pub(crate) static GEMM: Micro<f32> = Micro {
     mr: MR,
     nr: NR,
+    a_splat: 1,
     kc: 512,
     mc: 256,
     nc: 3072,

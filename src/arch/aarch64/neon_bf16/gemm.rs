@@ -27,6 +27,7 @@ const NR: usize = 12;
 pub(crate) static GEMM: Micro<u16> = Micro {
     mr: MR,
     nr: NR,
+    a_splat: 1,
     kc: 768,
     mc: 256,
     nc: 3072,

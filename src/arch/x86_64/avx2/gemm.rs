@@ -9,6 +9,7 @@ use crate::gemm::driver::{KLoop, Micro};
 pub(crate) static GEMM: Micro<f32> = Micro {
     mr: 6,
     nr: 16,
+    a_splat: 1,
     kc: 512,
     mc: 336,
     nc: 3072,

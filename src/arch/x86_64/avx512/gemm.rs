@@ -25,6 +25,7 @@ use crate::gemm::driver::{KLoop, Micro};
 pub(crate) static GEMM: Micro<f32> = Micro {
     mr: 14,
     nr: 32,
+    a_splat: 1,
     kc: 512,
     mc: 336,
     nc: 4096,

@@ -21,6 +21,7 @@ use crate::gemm::driver::{KLoop, Micro};
 pub(crate) static GEMM: Micro<u16> = Micro {
     mr: 14,
     nr: 32,
+    a_splat: 1,
     kc: 768,
     mc: 336,
     nc: 4096,
