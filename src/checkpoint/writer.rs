@@ -42,7 +42,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
@@ -631,11 +632,96 @@ impl SafetensorsWriter {
         Ok(())
     }
 
-    /// Whether [`write_tensor_pipelined`](Self::write_tensor_pipelined) keeps every piece a
-    /// multiple of `align` elements of one byte (it does up to a limit, then drops the
-    /// alignment so pieces stay bounded).
-    pub fn pipelined_parts_can_hold(align: usize) -> bool {
-        align <= PIPELINE_MAX_ALIGNED_BYTES
+    /// Produce the whole next tensor, of `elements` elements of `T`, in parts of `part`
+    /// elements (the last may be shorter) filled and written on the pool's threads: each
+    /// thread calls `fill(first_element, part)` (which must write every element of the part)
+    /// on a reused buffer of its own and writes the part into the file by position. Returns
+    /// what `fill` returned, in part order.
+    ///
+    /// For producers that are most of the work, like quantization: every thread has work for
+    /// the whole tensor (one wake-up of the pool per tensor, not per piece), and the writes,
+    /// which the kernel serialises within one file, take turns with the filling. After any
+    /// error the writer accepts nothing more and never renames the file into place.
+    pub fn write_tensor_parallel<T: bytemuck::Pod, R: Send>(
+        &mut self,
+        elements: usize,
+        part: usize,
+        fill: impl Fn(usize, &mut [T]) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        self.check_usable()?;
+        let item = std::mem::size_of::<T>();
+        let size = (elements as u64).saturating_mul(item as u64);
+        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
+            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
+        }
+        if size == 0 && self.written == 0 {
+            return Ok(Vec::new());
+        }
+        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
+            return Err(Error::value(format!(
+                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
+                self.atomic.dest().display(),
+                self.sizes.get(self.current).map_or(0, |s| s - self.written)
+            )));
+        }
+        let part = part.max(1);
+        let start = self.pos;
+        let spare: Mutex<Vec<Vec<u64>>> = Mutex::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        let (file, context) = (&self.sink.file, self.context());
+        let name = self
+            .tensors
+            .get(self.current)
+            .map_or("?", |t| t.name.as_str());
+        let dest = self.atomic.dest();
+        let refused = |r: crate::alloc::Refused| r.in_tensor(dest, name, "an output buffer");
+        let results = crate::threads::map((0..elements).step_by(part).collect(), |first| {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let len = part.min(elements - first) * item;
+            let mut buf = spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_default();
+            let r = match crate::alloc::grow(&mut buf, len.div_ceil(8), 0) {
+                Err(r) => Err(refused(r)),
+                Ok(()) => {
+                    let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len];
+                    fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|r| {
+                        write_all_at(file, bytes, start + (first * item) as u64)
+                            .map(|()| r)
+                            .map_err(|e| Error::io(context.clone(), e))
+                    })
+                }
+            };
+            spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+            if r.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Some(r)
+        });
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+                None => {
+                    // Skipped after another part failed (whose error comes first or later).
+                    continue;
+                }
+            }
+        }
+        if out.len() != elements.div_ceil(part) {
+            self.failed = true;
+            return Err(Error::value(format!("{context}: a part was not written")));
+        }
+        self.advance(size);
+        Ok(out)
     }
 
     fn write_pieces<T: bytemuck::Pod>(
@@ -1037,6 +1123,65 @@ mod tests {
         drop(w);
         std::fs::remove_file(&p).unwrap();
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn parallel_parts_land_at_their_offsets_and_a_failed_part_poisons_the_writer() {
+        let d = tmpdir("parallel");
+        let p = d.join("p.safetensors");
+        for threads in [1, 2, 3] {
+            crate::threads::set_num_threads(threads).unwrap();
+            for map in [false, true] {
+                // A tensor of 1000 u16 in parts of 64 (the last shorter), between two others.
+                let plan = vec![
+                    OutTensor::new("a", Dtype::U8, vec![3]),
+                    OutTensor::new("w", Dtype::U16, vec![1000]),
+                    OutTensor::new("z", Dtype::U8, vec![5]),
+                ];
+                let mut w = SafetensorsWriter::create_with(&p, plan, None, true, map).unwrap();
+                w.write(&[1, 2, 3]).unwrap();
+                let firsts = w
+                    .write_tensor_parallel(1000, 64, |first, part: &mut [u16]| {
+                        for (j, v) in part.iter_mut().enumerate() {
+                            *v = (first + j) as u16 * 3;
+                        }
+                        Ok(first)
+                    })
+                    .unwrap();
+                assert_eq!(
+                    firsts,
+                    (0..1000).step_by(64).collect::<Vec<_>>(),
+                    "part order"
+                );
+                w.write(&[9; 5]).unwrap();
+                w.finish().unwrap();
+                let f = SafetensorsFile::open(&p).unwrap();
+                let want: Vec<u16> = (0..1000).map(|i| i * 3).collect();
+                assert_eq!(
+                    tensor_bytes(&f, "w"),
+                    bytemuck::cast_slice::<u16, u8>(&want)
+                );
+                assert_eq!(tensor_bytes(&f, "a"), [1, 2, 3]);
+                assert_eq!(tensor_bytes(&f, "z"), [9; 5]);
+
+                let q = d.join("fail.safetensors");
+                let plan = vec![OutTensor::new("w", Dtype::U8, vec![1000])];
+                let mut w = SafetensorsWriter::create_with(&q, plan, None, false, map).unwrap();
+                let r = w.write_tensor_parallel(1000, 100, |first, part: &mut [u8]| {
+                    if first == 500 {
+                        return Err(Error::value("bad part"));
+                    }
+                    part.fill(1);
+                    Ok(())
+                });
+                assert!(r.unwrap_err().to_string().contains("bad part"));
+                assert!(w.write(&[0; 10]).is_err(), "nothing more is accepted");
+                assert!(w.finish().is_err());
+                assert!(!q.exists());
+            }
+        }
+        crate::threads::set_num_threads(1).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 
