@@ -113,34 +113,40 @@ def _file_tensors(path):
 
 
 def _expected(dequantized, key):
-    """What the loaded model's tensor ``key`` holds per fp8fast's dequantization: the tensor of
-    the same name, or for transformers' fused MoE experts the experts' w1|w3 and w2 stacked."""
+    """What the loaded model's tensor ``key`` holds per fp8fast's dequantization, and the names
+    of fp8fast's tensors it is made of: the tensor of the same name, or for transformers' fused
+    MoE experts the experts' w1|w3 and w2 stacked. ``(None, [])`` for anything else."""
     if key in dequantized:
-        return dequantized[key]
+        return dequantized[key], [key]
     for fused, parts in (("gate_up_proj", ("w1", "w3")), ("down_proj", ("w2",))):
         if key.endswith(f".mlp.experts.{fused}"):
             stem = key[: -len(f"mlp.experts.{fused}")] + "block_sparse_moe.experts"
-            experts = []
+            experts, names = [], []
             e = 0
             while f"{stem}.{e}.{parts[0]}.weight" in dequantized:
-                experts.append(torch.cat([dequantized[f"{stem}.{e}.{p}.weight"] for p in parts]))
+                group = [f"{stem}.{e}.{p}.weight" for p in parts]
+                experts.append(torch.cat([dequantized[n] for n in group]))
+                names += group
                 e += 1
-            return torch.stack(experts) if experts else None
-    return None
+            if experts:
+                return torch.stack(experts), names
+    return None, []
 
 
-def _assert_weights_equal(model, dequantized):
-    """Every quantized weight the model holds equals fp8fast's dequantization, bit for bit."""
-    checked = 0
-    state = model.state_dict()
-    for key, value in state.items():
-        want = _expected(dequantized, key)
-        if want is None or value.dtype != torch.bfloat16 or value.shape != want.shape:
+def _assert_weights_equal(model, dequantized, path):
+    """Every weight quantized in the checkpoint at ``path`` (every weight with a scale) is held
+    by the model in bf16 and equals fp8fast's dequantization, bit for bit."""
+    quantized = {k.rsplit("_scale", 1)[0] for k in _file_tensors(path) if k.endswith(("_scale", "_scale_inv"))}
+    assert quantized, "the checkpoint holds quantized weights"
+    compared = set()
+    for key, value in model.state_dict().items():
+        want, names = _expected(dequantized, key)
+        if not quantized.intersection(names):
             continue
+        assert value.dtype == torch.bfloat16 and value.shape == want.shape, (key, value.dtype, value.shape)
         assert torch.equal(value.view(torch.int16), want.view(torch.int16)), key
-        checked += 1
-    quantized = [k for k in dequantized if k.endswith("proj.weight") or ".w" in k]
-    assert checked >= min(len(quantized), 8), f"only {checked} weights compared"
+        compared.update(names)
+    assert quantized <= compared, f"not compared: {sorted(quantized - compared)[:5]}"
 
 
 def _cosine(a, b):
@@ -190,11 +196,11 @@ def test_transformers_default_path(request, originals, converted, model, case):
     if not held:
         # transformers dequantized at load (its fp8 path does on a CPU; Mixtral's experts are
         # fused): the weights it holds must be fp8fast's.
-        _assert_weights_equal(qm, dequantized)
+        _assert_weights_equal(qm, dequantized, path)
     with torch.no_grad():
         logits = qm(INPUT_IDS).logits.float()
     # compressed-tensors decompressed the weights on the first forward (ModelCompressor's hook).
-    _assert_weights_equal(qm, dequantized)
+    _assert_weights_equal(qm, dequantized, path)
     assert _cosine(logits, originals[model][1]) >= 0.99
 
 
@@ -204,7 +210,7 @@ def test_transformers_dequantize_true(request, originals, converted, model, case
     _xfail_known(request, model, case)
     path, dequantized = converted(model, case)
     qm = _load(path, dequantize=True)
-    _assert_weights_equal(qm, dequantized)
+    _assert_weights_equal(qm, dequantized, path)
     with torch.no_grad():
         logits = qm(INPUT_IDS).logits.float()
     assert _cosine(logits, originals[model][1]) >= 0.99
@@ -217,7 +223,7 @@ def test_model_compressor_decompression_equals_fp8fast(converted, case):
     qm = _load(path)
     compressor = ModelCompressor.from_compression_config(qm.config.quantization_config)
     compressor.decompress_model(qm)
-    _assert_weights_equal(qm, dequantized)
+    _assert_weights_equal(qm, dequantized, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,4 +357,4 @@ def test_compressed_tensors_checkpoints_dequantize_like_compressed_tensors(tmp_p
     fp8fast.dequantize_checkpoint(src, str(tmp_path / "back"), dtype="bf16")
     ours = _file_tensors(str(tmp_path / "back"))
     theirs = _load(src, dequantize=True)
-    _assert_weights_equal(theirs, ours)
+    _assert_weights_equal(theirs, ours, src)
