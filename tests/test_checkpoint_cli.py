@@ -426,3 +426,20 @@ def test_a_compressed_tensors_scale_dtype_other_than_the_weights_warns(tmp_path,
         assert "(BF16)" in err
     else:
         assert err == "", err
+
+
+def test_nothing_to_quantize_is_an_error_that_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    write_raw(str(src), {"model.layers.0.mlp.up_proj.weight": np.ones((8, 16), ml_dtypes.bfloat16),
+                         "model.norm.weight": np.ones(16, ml_dtypes.bfloat16)})
+    q = tmp_path / "q.safetensors"
+    assert run(capsys, "quantize", str(src), str(q), "-q")[0] == 0
+    # An FP8 checkpoint is already quantized; a checkpoint whose weights are all ignored has
+    # nothing to quantize. Neither writes anything.
+    for argv, why in (([str(q), str(tmp_path / "again.safetensors")],
+                       "tensor 'model.layers.0.mlp.up_proj.weight' is already F8_E4M3: the checkpoint is already quantized"),
+                      ([str(src), str(tmp_path / "none.safetensors"), "--ignore", "mlp"], "no weight to quantize")):
+        code, out, err = run(capsys, "quantize", *argv, "-q")
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith("fp8fast: error: ") and why in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "q.safetensors"]

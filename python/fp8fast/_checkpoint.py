@@ -421,6 +421,16 @@ def _totals(ck: Checkpoint, shards: Iterable[str]) -> Tuple[int, int]:
 # quantize
 
 
+def _why_nothing_to_quantize(ck: Checkpoint) -> str:
+    """Why :func:`select_targets` found no weight in ``ck``: already FP8, or nothing eligible."""
+    for s in ck.shards:
+        for name, dtype, shape, _, _ in ck.headers[s][1]:
+            if dtype in ("F8_E4M3", "F8_E5M2") and name.endswith(".weight"):
+                return f"tensor {name!r} is already {dtype}: the checkpoint is already quantized"
+    return ("no weight to quantize: none is a 2-D BF16, F16 or F32 '*.weight' of a Linear layer "
+            "outside the ignored names (embeddings, norms, lm_head and --ignore)")
+
+
 def select_targets(ck: Checkpoint, ignore: Sequence[str] = ()) -> Tuple[Dict[str, List[str]], List[str]]:
     """Per shard, the tensors ``quantize`` converts; and the Linear modules it leaves alone
     (compressed-tensors' ``ignore`` list). A target is a 2-D ``*.weight`` of BF16/F16/F32 whose
@@ -652,6 +662,8 @@ def quantize(
         shard = None
     _check_destination(ck, dst, shard, force or shard is not None)
     targets, skipped = select_targets(ck, ignore)
+    if not any(targets.values()):
+        raise ValueError(f"{src}: {_why_nothing_to_quantize(ck)}")
     shards = _selected(ck, shard)
     tensors, nbytes = _totals(ck, shards)
     bar = Progress(tensors, nbytes, "quantize", quiet)
@@ -1055,7 +1067,8 @@ def quantize_checkpoint(
     ------
     ValueError
         An unknown or contradictory option (E5M2 with compressed-tensors), a malformed or
-        already quantized source, or an existing ``dst`` without ``force``.
+        already quantized source (a ``quantization_config``, or FP8 weights), a source with no
+        weight to quantize, or an existing ``dst`` without ``force``.
     OSError
         A file cannot be read or written.
     """
