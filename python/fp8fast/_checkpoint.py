@@ -424,7 +424,7 @@ def _totals(ck: Checkpoint, shards: Iterable[str]) -> Tuple[int, int]:
 def _why_nothing_to_quantize(ck: Checkpoint) -> str:
     """Why :func:`select_targets` found no weight in ``ck``: already FP8, or nothing eligible."""
     for s in ck.shards:
-        for name, dtype, shape, _, _ in ck.headers[s][1]:
+        for name, dtype, _, _, _ in ck.headers[s][1]:
             if dtype in ("F8_E4M3", "F8_E5M2") and name.endswith(".weight"):
                 return f"tensor {name!r} is already {dtype}: the checkpoint is already quantized"
     return ("no weight to quantize: none is a 2-D BF16, F16 or F32 '*.weight' of a Linear layer "
