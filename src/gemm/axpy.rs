@@ -36,10 +36,10 @@ pub(crate) const ROW_GROUP: usize = 8;
 /// L1 (48 KiB here) while the kernels add P weight rows at a time into it.
 const ITEM_OUT_BYTES: usize = 16 << 10;
 
-/// Columns per work item on the tile path (6 steps of 48): a decoded tile of `TILE_ROWS` x 320
-/// floats (20 KiB, rows padded to 64 columns) and 8 rows' output slices (10 KiB) stay in L1
-/// while a row group multiplies them.
-const TILE_ITEM_COLS: usize = 288;
+/// Columns per work item on the tile path (8 steps of 48, 6 blocks of 64): a decoded tile of
+/// `TILE_ROWS` x 384 floats (24 KiB) and 8 rows' output slices (12 KiB) stay in L1 while a
+/// row group multiplies them.
+const TILE_ITEM_COLS: usize = 384;
 
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with unit column stride (or `n == 1`).
@@ -64,20 +64,7 @@ pub(crate) unsafe fn axpy(
         && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let table = false;
-    // As in the GEMV path (the portable kernel, which aarch64 uses too, decodes by table).
-    // SAFETY: forwarded from the caller.
-    let (x, weights) = unsafe { activations(isa, a, fmt, table) }?;
-    // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
-    let mut xt = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
-    for g0 in (0..m).step_by(ROW_GROUP) {
-        let rows = ROW_GROUP.min(m - g0);
-        let dst = &mut xt[g0 * k..(g0 + rows) * k];
-        for r in 0..rows {
-            for p in 0..k {
-                dst[p * rows + r] = x[(g0 + r) * k + p];
-            }
-        }
-    }
+
     let kernel: AxpyFn = match isa {
         #[cfg(target_arch = "x86_64")]
         _ if table => arch::x86_64::avx512::axpy::axpy_table_e4m3,
@@ -94,6 +81,27 @@ pub(crate) unsafe fn axpy(
     let tiles = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16) && m > ROW_GROUP;
     #[cfg(not(target_arch = "x86_64"))]
     let tiles = false;
+    // E4M3 tiles decoded by table lookup where the CPU has VBMI (exact, unscaled activations).
+    #[cfg(target_arch = "x86_64")]
+    let tiles_table = tiles && fmt == Format::E4M3 && arch::x86_64::has_avx512vbmi();
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiles_table = false;
+    // As in the GEMV path (the portable kernel, which aarch64 uses too, decodes by table).
+    // SAFETY: forwarded from the caller.
+    let (x, weights) = unsafe { activations(isa, a, fmt, table || tiles_table) }?;
+    // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
+    let mut xt = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
+    for g0 in (0..m).step_by(ROW_GROUP) {
+        let rows = ROW_GROUP.min(m - g0);
+        let dst = &mut xt[g0 * k..(g0 + rows) * k];
+        for r in 0..rows {
+            for p in 0..k {
+                dst[p * rows + r] = x[(g0 + r) * k + p];
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    let tables = arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
     let seg = if plan.along_k() { plan.block } else { k };
     // Columns per work item: an L1-sized output slice (all rows' on the tile path, plus the
     // tile), and at least one item per thread. Results do not depend on it (each column's
@@ -146,15 +154,24 @@ pub(crate) unsafe fn axpy(
                         b.rs,
                         ncols,
                         weights,
+                        tiles_table.then_some(&tables),
                         part.as_mut_ptr(),
                         ldo,
                         tile.as_mut_ptr(),
                     )
                 };
                 for i in 0..m {
-                    let src = &part[i * ldo..i * ldo + ncols];
-                    for (j, (&v, &s)) in src.iter().zip(&sb).enumerate() {
-                        let t = v * s;
+                    let src = &part[i * ldo..(i + 1) * ldo];
+                    for (j, &s) in sb.iter().enumerate() {
+                        #[cfg(target_arch = "x86_64")]
+                        let pos = if tiles_table {
+                            j / 64 * 64 + arch::x86_64::avx512::gemv::table_position(j % 64)
+                        } else {
+                            j
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let pos = j;
+                        let t = src[pos] * s;
                         // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
                         unsafe {
                             let d = c.at(i, j0 + j, ldc);

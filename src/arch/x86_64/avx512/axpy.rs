@@ -210,14 +210,20 @@ pub(crate) const TILE_ROWS: usize = 16;
 /// would decode the same weights once per 8 activation rows. The products and their order
 /// are those of [`axpy_avx512`], so the results are bitwise the same.
 ///
+/// With `table` (E4M3, `weights == Weights::E4M3`, VBMI) the tile is decoded by
+/// [`decode_tile_table`]: columns are then in table order within each 64-column block, in
+/// `out` as well (positions up to `ncols` rounded up to 64 are computed); the caller maps
+/// them back with [`table_position`].
+///
 /// `xt` holds the activations as `gemm::axpy` packs them: group `g0` (rows `g0..g0 + 8`, or
 /// fewer in the last) from `g0 * ldxt` on, K-major; this call multiplies K steps
 /// `k0..k0 + klen` of each.
 ///
 /// # Safety
-/// AVX-512 F + BW + VL available; `w` holds `klen` rows of `ncols` bytes `ldw` apart; `out`
-/// holds `m` rows of `ldo >= ncols` floats; `tile` holds `TILE_ROWS * ldo` floats; `xt` as
-/// above, with `k0 + klen <= ldxt`.
+/// AVX-512 F + BW + VL available (and VBMI with `table`); `w` holds `klen` rows of `ncols`
+/// bytes `ldw` apart; `out` holds `m` rows of `ldo` floats, `ldo` a multiple of 64 and at
+/// least `ncols`; `tile` holds `TILE_ROWS * ldo` floats; `xt` as above, with
+/// `k0 + klen <= ldxt`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn axpy_tiles_avx512(
@@ -230,10 +236,17 @@ pub(crate) unsafe fn axpy_tiles_avx512(
     ldw: isize,
     ncols: usize,
     weights: Weights,
+    table: Option<&E4m3Bf16Tables>,
     out: *mut f32,
     ldo: usize,
     tile: *mut f32,
 ) {
+    // With the table decode, positions (not columns) up to whole 64-column blocks.
+    let width = if table.is_some() {
+        ncols.div_ceil(64) * 64
+    } else {
+        ncols
+    };
     let mut p0 = 0;
     while p0 < klen {
         let plen = TILE_ROWS.min(klen - p0);
@@ -242,36 +255,16 @@ pub(crate) unsafe fn axpy_tiles_avx512(
             let next = TILE_ROWS.min(klen - p0 - plen);
             prefetch_rows(rows.wrapping_offset(plen as isize * ldw), ldw, next, ncols);
         }
-        // SAFETY: `plen` rows of `ncols` bytes from row p0 are inside the weights; `tile`
-        // holds plen rows of ldo >= ncols floats.
-        unsafe {
-            let kind = match weights {
-                Weights::E5M2 => 0,
-                Weights::E4M3 => 1,
-                Weights::E4M3TimesTwoPowMinus8 if has_e4m3_nan(rows, ldw, plen, ncols) => 2,
-                Weights::E4M3TimesTwoPowMinus8 => 3,
-            };
-            for pp in 0..plen {
-                let row = rows.offset(pp as isize * ldw);
-                let mut j = 0;
-                while j < ncols {
-                    let n = (ncols - j).min(16);
-                    let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
-                    // Masked-off lanes read nothing; their address may lie past the weights.
-                    let b = _mm_maskz_loadu_epi8(mask, row.wrapping_add(j).cast());
-                    let d = match kind {
-                        0 => decode16_e5m2(b),
-                        1 => _mm512_mul_ps(decode16_e4m3(b), _mm512_set1_ps(256.0)),
-                        2 => decode16_e4m3(b),
-                        _ => decode16_e4m3_scaled_no_nan(b),
-                    };
-                    _mm512_storeu_ps(tile.add(pp * ldo + j), d);
-                    j += 16;
-                }
-            }
+        if let Some(tables) = table {
+            // SAFETY: as below; with `table` the caller has checked VBMI, and `ldo` is a
+            // multiple of 64.
+            unsafe { decode_tile_table(rows, ldw, plen, ncols, tables, tile, ldo) };
+        } else {
+            // SAFETY: as below.
+            unsafe { decode_tile(rows, ldw, plen, ncols, weights, tile, ldo) };
         }
         let mut j = 0;
-        while j < ncols {
+        while j < width {
             for g0 in (0..m).step_by(8) {
                 let r = (m - g0).min(8);
                 macro_rules! go {
@@ -284,7 +277,7 @@ pub(crate) unsafe fn axpy_tiles_avx512(
                                 xt.add(g0 * ldxt + (k0 + p0) * $r),
                                 tile.add(j),
                                 ldo,
-                                ncols - j,
+                                width - j,
                                 out.add(g0 * ldo + j),
                                 ldo,
                                 p0 == 0,
@@ -306,6 +299,91 @@ pub(crate) unsafe fn axpy_tiles_avx512(
             j += TILE_STEP;
         }
         p0 += TILE_ROWS;
+    }
+}
+
+/// Decodes `plen` weight rows of `ncols` bytes (`ldw` apart) to float32 as the kernels'
+/// activations expect them ([`Weights`]) into `tile` (rows `ldo` apart), in column order.
+/// E4M3 rows are first scanned for NaN codes, and decoded without the NaN fix-up when there
+/// are none.
+///
+/// # Safety
+/// AVX-512 F + BW + VL available; the rows are inside the weights; `tile` holds `plen` rows
+/// of `ldo` floats, `ldo` at least `ncols` rounded up to a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn decode_tile(
+    rows: *const u8,
+    ldw: isize,
+    plen: usize,
+    ncols: usize,
+    weights: Weights,
+    tile: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: loads are masked to the `ncols` bytes of each row (addresses of masked-off
+    // lanes formed with wrapping arithmetic); stores are inside the tile's rows.
+    unsafe {
+        let kind = match weights {
+            Weights::E5M2 => 0,
+            Weights::E4M3 => 1,
+            Weights::E4M3TimesTwoPowMinus8 if has_e4m3_nan(rows, ldw, plen, ncols) => 2,
+            Weights::E4M3TimesTwoPowMinus8 => 3,
+        };
+        for pp in 0..plen {
+            let row = rows.offset(pp as isize * ldw);
+            let mut j = 0;
+            while j < ncols {
+                let n = (ncols - j).min(16);
+                let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
+                let b = _mm_maskz_loadu_epi8(mask, row.wrapping_add(j).cast());
+                let d = match kind {
+                    0 => decode16_e5m2(b),
+                    1 => _mm512_mul_ps(decode16_e4m3(b), _mm512_set1_ps(256.0)),
+                    2 => decode16_e4m3(b),
+                    _ => decode16_e4m3_scaled_no_nan(b),
+                };
+                _mm512_storeu_ps(tile.add(pp * ldo + j), d);
+                j += 16;
+            }
+        }
+    }
+}
+
+/// [`decode_tile`] for E4M3 by [`decode64_e4m3_table`] (exact values, NaN codes to NaN, no
+/// scan; a third of the binary16 decode's instructions): whole 64-column blocks (zero past
+/// `ncols`), column `p` of each block at position [`table_position`]`(p)`.
+///
+/// # Safety
+/// AVX-512 F + BW + VL + VBMI available; the rows are inside the weights; `tile` holds
+/// `plen` rows of `ldo` floats, `ldo` a multiple of 64 and at least `ncols`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
+unsafe fn decode_tile_table(
+    rows: *const u8,
+    ldw: isize,
+    plen: usize,
+    ncols: usize,
+    tables: &E4m3Bf16Tables,
+    tile: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: loads are masked to the `ncols` bytes of each row (addresses of masked-off
+    // lanes formed with wrapping arithmetic); stores are inside the tile's padded rows.
+    unsafe {
+        let t = TableRegs::load(tables);
+        for pp in 0..plen {
+            let row = rows.offset(pp as isize * ldw);
+            let mut j = 0;
+            while j < ncols {
+                let n = (ncols - j).min(64);
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                let v = _mm512_maskz_loadu_epi8(mask, row.wrapping_add(j).cast());
+                let dst = tile.add(pp * ldo + j);
+                for (q, d) in decode64_e4m3_table(&t, v).into_iter().enumerate() {
+                    _mm512_storeu_ps(dst.add(16 * q), d);
+                }
+                j += 64;
+            }
+        }
     }
 }
 
