@@ -556,7 +556,7 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
 /// The axpy path (m <= crossovers().axpy, FP8 weights `[in, out]` with contiguous columns) on every
 /// ISA: M, N and K around the kernels' register blocks (16 / 8 columns per vector, up to 8
 /// vectors, 4 weight rows per pass; on AVX-512 above 8 rows, tiles of 16 weight rows, 48
-/// columns per step, 384 per work item), misaligned views with a row stride wider than N,
+/// columns per step, 192 per work item), misaligned views with a row stride wider than N,
 /// NaN codes, and block scales along K; compared with the float64 reference (and its NaN
 /// pattern).
 #[test]
