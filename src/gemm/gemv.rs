@@ -12,8 +12,9 @@
 //!
 //! One activation row times E4M3 weights (LLM decoding) has one more kernel where the CPU has
 //! AVX-512 VBMI: `vpermi2b` looks up the bfloat16 pattern of 64 weight bytes at a time in two
-//! 128-byte tables, and word unpacks widen it to float32 for FMA (`arch::x86_64::avx512::gemv::dot_table_f32`). All
-//! kernels prefetch the next column group's weights.
+//! 128-byte tables, and shifts and masks widen it to float32 for FMA
+//! (`arch::x86_64::avx512::gemv::dot_table_f32`). All kernels prefetch the next column group's
+//! weights.
 //!
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
@@ -131,7 +132,6 @@ pub(crate) unsafe fn gemv(
                         arch::x86_64::avx512::gemv::dot_table_f32(
                             klen,
                             xp[kb * seg_pad..].as_ptr(),
-                            x[k0..].as_ptr(),
                             w,
                             b.cs,
                             ncols,
@@ -185,10 +185,8 @@ pub(crate) unsafe fn gemv(
 const TABLE_MIN_COLS: usize = 512;
 
 /// One activation row in the order `dot_table_f32` multiplies it: per K segment of `seg`
-/// (padded with zeros to `seg_pad`, a multiple of 64), per 64-element block, four vectors of
-/// 16: the kernel's decoded weights come from a byte unpack (low / high per 128-bit lane) of the
-/// two table lookups, widened from bfloat16 to float32 with word unpacks, so vector `v`, lane `L`, element `i < 4` holds block element
-/// `16 L + 4 v + i`.
+/// (padded with zeros to `seg_pad`, a multiple of 64), per 64-element block, in the order the
+/// kernel's table decode leaves the weights (`arch::x86_64::avx512::gemv::table_position`).
 #[cfg(target_arch = "x86_64")]
 fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Result<Vec<f32>> {
     let mut xp = alloc::filled_for(
@@ -199,9 +197,7 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Resul
     for (s, seg_vals) in x[..k].chunks(seg).enumerate() {
         let seg_out = &mut xp[s * seg_pad..];
         for (p, &v) in seg_vals.iter().enumerate() {
-            let (block, pos) = (p / 64, p % 64);
-            let (lane, vec, i) = (pos / 16, pos % 16 / 4, pos % 4);
-            seg_out[block * 64 + 16 * vec + 4 * lane + i] = v;
+            seg_out[p / 64 * 64 + arch::x86_64::avx512::gemv::table_position(p % 64)] = v;
         }
     }
     Ok(xp)

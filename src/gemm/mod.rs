@@ -421,12 +421,16 @@ pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
 /// Elsewhere (Intel Xeon, Emerald-Rapids class, measured 2026-12-06; ms, small-m / blocked):
 /// - GEMV, float32: m = 32 16.1 / 23.8, 48 24.0 / 27.0, 64 31.9 / 29.4, 128 66 / 45;
 /// - GEMV, E4M3 (blocked on the FMA kernel): m = 48 17.9 / 25.3, 64 24.2 / 28.1;
-/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3;
+/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3; since AVX-512 decodes
+///   each weight tile once for all row groups (same day, later; ms against numpy's float32
+///   matmul in the same run; the blocked path was 1.01-1.02x numpy at m = 32, and is 0.95x
+///   at m = 48): m = 16 6.3 / numpy 12.7, m = 32 9.7-10.6 / 14.2-16.3 (1.34-1.67x); the
+///   AVX2 level keeps the per-group kernel and was not re-measured;
 /// - axpy, E4M3: m = 16 12.2 / 17.0, 24 16.6 / 15.5.
 pub const CROSSOVERS_FMA: Crossovers = Crossovers {
     gemv: 48,
     gemv_fp8: 64,
-    axpy: 24,
+    axpy: 32,
     axpy_fp8: 16,
 };
 

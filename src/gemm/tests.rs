@@ -271,6 +271,7 @@ fn thread_count_does_not_change_results() {
             (1, 1000, 300, Kind::F32, true),
             (1, 3000, 300, Kind::F32, false),
             (5, 1000, 301, Kind::Bf16, false),
+            (20, 1000, 301, Kind::F32, false),
         ] {
             let a = Data::random(kind, m, k, false, &mut rng);
             let b = Data::random(Kind::E4M3, k, n, b_fortran, &mut rng);
@@ -554,8 +555,9 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
 
 /// The axpy path (m <= crossovers().axpy, FP8 weights `[in, out]` with contiguous columns) on every
 /// ISA: M, N and K around the kernels' register blocks (16 / 8 columns per vector, up to 8
-/// vectors, 4 weight rows per pass), misaligned views with a row stride wider than N, NaN
-/// codes, and block scales along K; compared with the float64 reference (and its NaN
+/// vectors, 4 weight rows per pass; on AVX-512 above 8 rows, tiles of 16 weight rows, 48
+/// columns per step, 192 per work item), misaligned views with a row stride wider than N,
+/// NaN codes, and block scales along K; compared with the float64 reference (and its NaN
 /// pattern).
 #[test]
 fn axpy_shapes_views_nan_weights() {
@@ -563,7 +565,7 @@ fn axpy_shapes_views_nan_weights() {
     for isa in arch::available() {
         for m in 1..=crossovers().axpy {
             for &k in &[1usize, 2, 3, 4, 5, 9, 65, 130] {
-                for &n in &[1usize, 7, 16, 17, 33, 64, 65, 97, 129, 200] {
+                for &n in &[1usize, 7, 16, 17, 33, 64, 65, 97, 129, 200, 400] {
                     for fmt in [Format::E4M3, Format::E5M2] {
                         let case = (m + k + n) % 3;
                         // A wider array, viewed from column 3 (misaligned) with row stride
