@@ -18,8 +18,8 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mr: MR,
     nr: NR,
     kc: 256,
-    mc: 64,
-    nc: 2048,
+    mc: 1024,
+    nc: 256,
     func: kernel_4x8,
 };
 

@@ -16,8 +16,8 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mr: MR,
     nr: NR,
     kc: 512,
-    mc: 256,
-    nc: 3072,
+    mc: 4096,
+    nc: 240,
     func: neon_f32_8x12,
 };
 

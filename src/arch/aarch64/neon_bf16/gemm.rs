@@ -28,8 +28,8 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     mr: MR,
     nr: NR,
     kc: 768,
-    mc: 256,
-    nc: 3072,
+    mc: 4096,
+    nc: 336,
     func: neon_bf16_8x12,
 };
 

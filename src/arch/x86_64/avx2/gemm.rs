@@ -10,8 +10,8 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mr: 6,
     nr: 16,
     kc: 512,
-    mc: 336,
-    nc: 3072,
+    mc: 6 * 682,
+    nc: 384,
     func: avx2_f32_6x16,
 };
 

@@ -22,8 +22,8 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     mr: 14,
     nr: 32,
     kc: 768,
-    mc: 336,
-    nc: 4096,
+    mc: 14 * 292,
+    nc: 384,
     func: avx512_bf16_14x32,
 };
 
