@@ -42,7 +42,16 @@ pub(crate) struct Micro<E> {
     /// Columns of B packed per block (a multiple of `nr`), sized for L3.
     pub nc: usize,
     pub func: KernelFn<E>,
+    /// The kernel for the first `rows < MR` rows of a full-width tile, written straight into
+    /// C (the last row tile of most products: 128 rows are 9 tiles of 14 and one of 2, of
+    /// which a full-tile kernel would compute 14). `None`: a local full tile, then a copy.
+    pub rows: Option<RowsFn<E>>,
 }
+
+/// A [`KernelFn`] for the first `rows` (< MR) rows of the tile; A micro-panels keep their
+/// MR stride.
+pub(crate) type RowsFn<E> =
+    unsafe fn(usize, KLoop, *const E, *const E, *mut f32, isize, bool, *const f32, *const f32);
 
 /// A packed element type: float32, or bfloat16 bits in K pairs.
 pub(crate) trait PackElem: Copy + Send + Sync + 'static {
@@ -247,6 +256,34 @@ unsafe fn run<E: PackElem>(
             // Offset of the last block in a packed micro-panel of width w (a whole number of
             // pairs: blocks are even whenever a chunk holds more than one).
             let rem_off = |w: usize| nfull * blk_len * w;
+            // Both calls of the partial-rows kernel for the first `rows` rows of a tile.
+            let rows_calls = |f: RowsFn<E>,
+                              rows: usize,
+                              app: *const E,
+                              bpp: *const E,
+                              cp: *mut f32,
+                              sap: *const f32,
+                              sbp: *const f32| {
+                // SAFETY: as in `tile_calls`, with C holding `rows` x NR floats.
+                unsafe {
+                    if nfull > 0 {
+                        f(rows, full, app, bpp, cp, ldc, first, sap, sbp);
+                    }
+                    if rem > 0 {
+                        f(
+                            rows,
+                            last,
+                            app.add(rem_off(mr)),
+                            bpp.add(rem_off(nr)),
+                            cp,
+                            ldc,
+                            first && nfull == 0,
+                            sap.add(nfull * m_pad),
+                            sbp.add(nfull * n_pad),
+                        );
+                    }
+                }
+            };
             // Both kernel calls of one tile into C at `cp` (or a local tile).
             let tile_calls = |app: *const E,
                               bpp: *const E,
@@ -356,6 +393,11 @@ unsafe fn run<E: PackElem>(
                             if mrc == mr && nrc == nr {
                                 // A full MR x NR tile inside C.
                                 tile_calls(app, bpp, cp, ldc, first, sap, sbp);
+                                continue;
+                            }
+                            if let (Some(f), true) = (mk.rows, nrc == nr) {
+                                // The last rows of C, full width: only those rows computed.
+                                rows_calls(f, mrc, app, bpp, cp, sap, sbp);
                                 continue;
                             }
                             // Edge tiles go through a local MR x NR tile, of which the valid

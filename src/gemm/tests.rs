@@ -758,3 +758,31 @@ fn vector_packing_matches_the_portable_packer() {
         }
     }
 }
+
+/// A row's result does not depend on the tile it falls in: the first rows of an m-row
+/// product (its last row tile partial, 1..=13 rows on AVX-512) are bitwise those of a
+/// 29-row product (full tiles), on every ISA, K split into a full and a shorter last block.
+#[test]
+fn partial_row_tiles_match_full_tiles() {
+    let mut rng = Rng(29);
+    let (n, k) = (64, 700);
+    let a = Data::random(Kind::F32, 29, k, false, &mut rng);
+    let b = Data::random(Kind::F32, k, n, false, &mut rng);
+    let Data::F32(a_all) = &a else { unreachable!() };
+    let s = Scales {
+        block: 128,
+        ..Default::default()
+    };
+    for isa in arch::available() {
+        let whole = run(isa, &a, &b, &s, 29, n);
+        for m in 1..29 {
+            let part = Data::F32(a_all.slice(ndarray::s![..m, ..]).to_owned());
+            let c = run(isa, &part, &b, &s, m, n);
+            assert_eq!(
+                c.mapv(f32::to_bits),
+                whole.slice(ndarray::s![..m, ..]).mapv(f32::to_bits),
+                "{isa} m = {m}"
+            );
+        }
+    }
+}

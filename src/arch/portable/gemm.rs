@@ -21,6 +21,7 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mc: 1024,
     nc: 256,
     func: kernel_4x8,
+    rows: None,
 };
 
 /// # Safety

@@ -31,6 +31,7 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     mc: 4096,
     nc: 336,
     func: neon_bf16_8x12,
+    rows: None,
 };
 
 /// `acc += bfdot(b, a.2h[LANE])`.

@@ -13,6 +13,7 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mc: 6 * 682,
     nc: 384,
     func: avx2_f32_6x16,
+    rows: None,
 };
 
 /// # Safety

@@ -33,14 +33,15 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     mc: 14 * 292,
     nc: 384,
     func: avx512_f32_14x32,
+    rows: Some(avx512_f32_rows),
 };
-/// Scale the 14 x 32 accumulator tile and store (or accumulate) it into C.
+/// Scale the (up to) 14 x 32 accumulator tile and store (or accumulate) it into C.
 ///
 /// # Safety
-/// AVX-512 F available; `sa` holds 14 floats, `sb` 32; C is a 14 x 32 tile.
+/// AVX-512 F available; `sa` holds `acc.len()` floats, `sb` 32; C is an `acc.len()` x 32 tile.
 #[inline(always)]
 pub(crate) unsafe fn store_14x32(
-    acc: &[[__m512; 2]; 14],
+    acc: &[[__m512; 2]],
     c: *mut f32,
     ldc: isize,
     first: bool,
@@ -84,13 +85,63 @@ unsafe fn avx512_f32_14x32(
     sa: *const f32,
     sb: *const f32,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { f32_rows::<14>(kl, a, b, c, ldc, first, sa, sb) }
+}
+
+/// The first `rows` (1..=13) rows of the 14 x 32 kernel's tile: the same operations per
+/// output element, so a row's result does not depend on the tile it falls in.
+///
+/// # Safety
+/// As [`avx512_f32_14x32`], with C a `rows` x 32 tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_f32_rows(
+    rows: usize,
+    kl: KLoop,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match rows {
+                // SAFETY: forwarded from the caller.
+                $($r => unsafe { f32_rows::<$r>(kl, a, b, c, ldc, first, sa, sb) },)*
+                _ => unreachable!("a partial tile has 1 to 13 rows"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13)
+}
+
+/// The float32 kernel on the first `R` rows of a 14-row A micro-panel.
+///
+/// # Safety
+/// As [`avx512_f32_rows`], with AVX-512 F enabled by the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_rows<const R: usize>(
+    kl: KLoop,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: isize,
+    first: bool,
+    sa: *const f32,
+    sb: *const f32,
+) {
     const MR: usize = 14;
     // SAFETY: every pointer access stays within the lengths the caller guarantees.
     unsafe {
-        prefetch_c(c, ldc, MR, first);
+        prefetch_c(c, ldc, R, first);
         let (mut a, mut b) = (a, b);
         for t in 0..kl.nblk {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
             for _ in 0..kl.steps {
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));

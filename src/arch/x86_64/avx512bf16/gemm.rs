@@ -25,6 +25,7 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     mc: 14 * 292,
     nc: 384,
     func: avx512_bf16_14x32,
+    rows: None,
 };
 
 /// # Safety
