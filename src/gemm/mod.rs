@@ -428,16 +428,22 @@ pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
     axpy_fp8: 16,
 };
 
-/// Elsewhere (Intel Xeon, Emerald-Rapids class, measured 2026-12-06; ms, small-m / blocked):
-/// - GEMV, float32: m = 32 16.1 / 23.8, 48 24.0 / 27.0, 64 31.9 / 29.4, 128 66 / 45;
-/// - GEMV, E4M3 (blocked on the FMA kernel): m = 48 17.9 / 25.3, 64 24.2 / 28.1;
-/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3;
-/// - axpy, E4M3: m = 16 12.2 / 17.0, 24 16.6 / 15.5.
+/// Elsewhere (Intel Xeon, Sapphire/Emerald-Rapids class, measured 2026-12-06 against the
+/// blocked GEMM that packs A once and keeps B blocks in L2; ms, small-m / blocked, one
+/// thread, best of 15 interleaved):
+/// - GEMV, float32: m = 16 5.9-8.1 / 8.7, 24 11.9 / 9.9, 32 15.7 / 11.6, 48 24.2 / 14.9;
+/// - GEMV, E4M3 (blocked on the FMA kernel): m = 16 5.9-7.9 / 8.4-8.6, 24 11.8 / 9.7,
+///   32 11.8 / 11.4, 48 23.6 / 14.6;
+/// - axpy, float32: m = 8 5.1 / 5.8, 12 8.4 / 6.4, 16 9.0-10.2 / 7.7, 24 13.5 / 8.8;
+/// - axpy, E4M3: m = 8 5.1 / 5.9, 12 8.5 / 6.7, 16 10.3-12.0 / 7.8-9.1.
+///
+/// (Before the blocked GEMM packed A once per call, its times were 23.8 ms at m = 32 and
+/// 27.0 at 48 for the float32 GEMV shapes, and the crossovers 48 / 64 / 24 / 16.)
 pub const CROSSOVERS_FMA: Crossovers = Crossovers {
-    gemv: 48,
-    gemv_fp8: 64,
-    axpy: 24,
-    axpy_fp8: 16,
+    gemv: 16,
+    gemv_fp8: 16,
+    axpy: 8,
+    axpy_fp8: 8,
 };
 
 /// The crossovers of this CPU.
