@@ -4,19 +4,29 @@
 //! wider operands through fused multiply-add) and accumulated in float32, so every output is
 //! within `(k + 2) * 2^-23 * (|A| @ |B|)` of the float64 reference.
 //!
-//! # The loop nest (BLIS)
+//! # The loop nest (BLIS, with the operands' cache roles swapped)
 //!
 //! ```text
-//! for j0 in (0..n).step_by(NC)                     // B block of NC columns (L3)
+//! for i0 in (0..m).step_by(MC)                     // A block of MC rows (4088: every m of
+//!                                                  // a usual call is one block)
 //!   for k0 in (0..k).step_by(KC)                   // whole scale blocks if scales vary along K
-//!     pack B[k0.., j0..] into NR-wide panels       // FP8 decoded here, zero-padded edges
-//!     parallel for (i0, column range) items        // threads over M and N, never over K
-//!       pack A[i0.., k0..] into MR-tall panels     // thread-local buffer (L2)
-//!       for each NR panel of B in the range        // B micro-panel stays in L1
-//!         for each MR panel of A                   // A streamed from L2
+//!     pack A[i0.., k0..] into MR-tall panels       // once per call and K chunk, all threads
+//!     parallel for (column block, row part) items  // threads over N (and M), never over K
+//!       pack B[k0.., j0..j0+NC] into NR panels     // FP8 decoded here, kept in the thread's L2
+//!       for each MR panel of A                     // A micro-panel stays in L1
+//!         for each NR panel of the B block         // B streamed from L2
 //!           microkernel, per scale block t of the K block (one if no scale varies along K):
 //!             tile = A_t @ B_t (registers); C = (first ? 0 : C) + tile * sb_t[col] * sa_t[row]
 //! ```
+//!
+//! The vector operand (B, NR = 32 floats per K step on AVX-512) is the one streamed from L2
+//! and the broadcast one (A, MR = 14) the one kept in L1, so that K chunks can be long (few
+//! passes over C) while the L1-resident micro-panel stays small: 14 x 512 floats = 28 KiB.
+//! A is packed once per K chunk for every column block (earlier the A block was packed
+//! again for every NC block of B), and each B block is packed into an L2-sized buffer by
+//! the thread that uses it (earlier into one multi-MiB buffer, written out to L3 and read
+//! back). Measured on the Intel Xeon (one thread, k = n = 4096, float32 x E4M3, against the
+//! old nest in the same run): m = 128 1.06-1.13x / 2048 1.05-1.10x faster.
 //!
 //! Every output tile is computed by the same sequence of operations whatever the thread count
 //! (tile boundaries are multiples of MR / NR from the origin, the K partition is fixed), so
@@ -418,20 +428,25 @@ pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
     axpy_fp8: 16,
 };
 
-/// Elsewhere (Intel Xeon, Emerald-Rapids class, measured 2026-12-06; ms, small-m / blocked):
-/// - GEMV, float32: m = 32 16.1 / 23.8, 48 24.0 / 27.0, 64 31.9 / 29.4, 128 66 / 45;
-/// - GEMV, E4M3 (blocked on the FMA kernel): m = 48 17.9 / 25.3, 64 24.2 / 28.1;
-/// - axpy, float32: m = 16 9.6 / 12.4, 24 13.4 / 16.4, 32 20.1 / 19.3; since AVX-512 decodes
-///   each weight tile once for all row groups (same day, later; ms against numpy's float32
-///   matmul in the same run; the blocked path was 1.01-1.02x numpy at m = 32, and is 0.95x
-///   at m = 48): m = 16 6.3 / numpy 12.7, m = 32 9.7-10.6 / 14.2-16.3 (1.34-1.67x); the
-///   AVX2 level keeps the per-group kernel and was not re-measured;
-/// - axpy, E4M3: m = 16 12.2 / 17.0, 24 16.6 / 15.5.
+/// Elsewhere (Intel Xeon, Sapphire/Emerald-Rapids class, measured 2026-12-06 against the
+/// blocked GEMM that packs A once and keeps B blocks in L2; ms, small-m / blocked, one
+/// thread, best of 15 interleaved):
+/// - GEMV, float32: m = 16 5.9-8.1 / 8.7, 24 11.9 / 9.9, 32 15.7 / 11.6, 48 24.2 / 14.9;
+/// - GEMV, E4M3 (blocked on the FMA kernel): m = 16 5.9-7.9 / 8.4-8.6, 24 11.8 / 9.7,
+///   32 11.8 / 11.4, 48 23.6 / 14.6;
+/// - axpy, since AVX-512 decodes each weight tile once for all rows above 8 rows (same day,
+///   later, thread CPU time, best of 15, two runs; float32 / bfloat16 / E4M3 activations):
+///   m = 12 5.2-5.5 / 6.5-6.6, 16 6.1-6.6 / 7.7-8.0, 24 8.3-9.2 / 8.9-10.2, 32 10.5-15.9 /
+///   11.0-12.0 (even within the noise), 48 17.2-18.6 / 14.8-15.8.
+///
+/// (Before the blocked GEMM packed A once per call, its times were 23.8 ms at m = 32 and
+/// 27.0 at 48 for the float32 GEMV shapes, and the crossovers 48 / 64 / 24 / 16. Before the
+/// axpy tiles, axpy lost from m = 12: 8.4 / 6.4 ms.)
 pub const CROSSOVERS_FMA: Crossovers = Crossovers {
-    gemv: 48,
-    gemv_fp8: 64,
+    gemv: 16,
+    gemv_fp8: 16,
     axpy: 32,
-    axpy_fp8: 16,
+    axpy_fp8: 32,
 };
 
 /// The crossovers of this CPU.

@@ -15,6 +15,7 @@
 use half::{bf16, f16};
 
 use super::Elems;
+use crate::alloc::Refused;
 use crate::scalar::tables;
 
 /// Bytes per cache line.
@@ -44,24 +45,23 @@ pub(crate) struct Line(pub [u32; 16]);
 pub(crate) struct PackBuf(Vec<Line>);
 
 impl PackBuf {
-    pub(crate) fn f32s(&mut self, len: usize) -> &mut [f32] {
-        self.grow(len * 4);
+    /// The first `len` floats of the buffer, grown (fallibly) when shorter.
+    pub(crate) fn f32s(&mut self, len: usize) -> Result<&mut [f32], Refused> {
+        self.grow(len.checked_mul(4).ok_or(Refused::of::<f32>(len))?)?;
         // SAFETY: the buffer holds at least `len * 4` bytes, 64-byte aligned, every bit pattern
         // is a valid f32, and the borrow of `self` keeps it alive and unaliased.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), len) }
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), len) })
     }
 
-    pub(crate) fn u16s(&mut self, len: usize) -> &mut [u16] {
-        self.grow(len * 2);
+    /// The first `len` 16-bit words of the buffer, grown (fallibly) when shorter.
+    pub(crate) fn u16s(&mut self, len: usize) -> Result<&mut [u16], Refused> {
+        self.grow(len.checked_mul(2).ok_or(Refused::of::<u16>(len))?)?;
         // SAFETY: as in `f32s`, for u16.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u16>(), len) }
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u16>(), len) })
     }
 
-    fn grow(&mut self, bytes: usize) {
-        let lines = bytes.div_ceil(64);
-        if self.0.len() < lines {
-            self.0.resize(lines, Line::default());
-        }
+    fn grow(&mut self, bytes: usize) -> Result<(), Refused> {
+        crate::alloc::grow(&mut self.0, bytes.div_ceil(64), Line::default())
     }
 }
 
@@ -80,29 +80,60 @@ pub(crate) struct Src {
 /// # Safety
 /// Every `X(p, w)` with `p < kc`, `w < width` must be readable.
 pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if src.ks == 1 && (panel == 14 || panel == 32) && crate::arch::x86_64::has_avx512() {
+        use crate::arch::x86_64::avx512::gemm::{pack_klines_f32, KLines};
+        let lines = match src.elems {
+            Elems::Fp8(p, f) => KLines::Fp8(p, f),
+            Elems::F32(p) => KLines::F32(p),
+            Elems::F16(p) => KLines::F16(p),
+            Elems::Bf16(p) => KLines::Bf16(p),
+        };
+        let panels = src.width.div_ceil(panel);
+        assert!(
+            dst.len() >= panels * src.kc * panel,
+            "pack buffer too small"
+        );
+        // SAFETY: AVX-512 was detected; line w of the source (K contiguous, `ks == 1`) holds
+        // X(0..kc, w) for w < width (the caller's guarantee); dst checked.
+        return unsafe {
+            pack_klines_f32(lines, src.ws, src.kc, src.width, panel, dst.as_mut_ptr())
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Elems::Fp8(ptr, fmt) = src.elems {
+        if src.ws == 1 && panel == 32 && crate::arch::x86_64::has_avx512() {
+            let panels = src.width.div_ceil(panel);
+            assert!(
+                dst.len() >= panels * src.kc * panel,
+                "pack buffer too small"
+            );
+            // SAFETY: AVX-512 was detected; the caller guarantees X(p, w) readable for
+            // p < kc, w < width (row p at ptr + p * ks, columns contiguous); dst checked.
+            return unsafe {
+                crate::arch::x86_64::avx512::gemm::pack_fp8_rows_f32x32(
+                    ptr,
+                    src.ks,
+                    src.kc,
+                    src.width,
+                    fmt,
+                    dst.as_mut_ptr(),
+                )
+            };
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { pack_f32_portable(src, panel, dst) }
+}
+
+/// [`pack_f32`] without the vectorised packers (the reference they are tested against).
+///
+/// # Safety
+/// As [`pack_f32`].
+pub(crate) unsafe fn pack_f32_portable(src: Src, panel: usize, dst: &mut [f32]) {
     // SAFETY (all arms): forwarded from the caller.
     match src.elems {
         Elems::Fp8(ptr, fmt) => {
-            #[cfg(target_arch = "x86_64")]
-            if src.ws == 1 && panel == 32 && crate::arch::x86_64::has_avx512() {
-                let panels = src.width.div_ceil(panel);
-                assert!(
-                    dst.len() >= panels * src.kc * panel,
-                    "pack buffer too small"
-                );
-                // SAFETY: AVX-512 was detected; the caller guarantees X(p, w) readable for
-                // p < kc, w < width (row p at ptr + p * ks, columns contiguous); dst checked.
-                return unsafe {
-                    crate::arch::x86_64::avx512::gemm::pack_fp8_rows_f32x32(
-                        ptr,
-                        src.ks,
-                        src.kc,
-                        src.width,
-                        fmt,
-                        dst.as_mut_ptr(),
-                    )
-                };
-            }
             let t = tables::f32_table(fmt);
             unsafe { pack_typed(ptr, src, panel, dst, |c: u8| t[usize::from(c)]) }
         }

@@ -272,6 +272,9 @@ fn thread_count_does_not_change_results() {
             (1, 3000, 300, Kind::F32, false),
             (5, 1000, 301, Kind::Bf16, false),
             (20, 1000, 301, Kind::F32, false),
+            // Several L2 column blocks; a narrow product whose rows are split between threads.
+            (100, 2000, 300, Kind::F32, true),
+            (600, 40, 100, Kind::F32, false),
         ] {
             let a = Data::random(kind, m, k, false, &mut rng);
             let b = Data::random(Kind::E4M3, k, n, b_fortran, &mut rng);
@@ -669,6 +672,119 @@ fn bf16_activations_times_fp8_blocked() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Row blocks past the largest A block of every kernel family (MC: 1024 portable, 4088
+/// AVX-512, 4092 AVX2, 4096 NEON) against the float64 reference, both weight layouts.
+#[test]
+fn rows_past_the_packed_a_block() {
+    let mut rng = Rng(17);
+    let (m, n, k) = (4097, 40, 20);
+    for isa in arch::available() {
+        for fortran in [false, true] {
+            let a = Data::random(Kind::F32, m, k, false, &mut rng);
+            let b = Data::random(Kind::E4M3, k, n, fortran, &mut rng);
+            let s = Scales {
+                block: 128,
+                ..Default::default()
+            };
+            let c = run(isa, &a, &b, &s, m, n);
+            check_bound(
+                &c,
+                &a.values(),
+                &b.values(),
+                &format!("{isa} fortran {fortran}"),
+            );
+        }
+    }
+}
+
+/// The vectorised packers (lines contiguous along K, transposed in registers; FP8 rows
+/// decoded in registers) write exactly what the portable packer writes: every source type,
+/// both panel widths of the AVX-512 kernel, widths and K lengths around the 16 x 16 blocks,
+/// misaligned lines wider apart than K, and every FP8 code (NaN stays NaN).
+#[test]
+fn vector_packing_matches_the_portable_packer() {
+    use super::pack::{pack_f32, pack_f32_portable, Src};
+    let mut rng = Rng(23);
+    let widths = [1, 2, 13, 14, 15, 16, 17, 29, 31, 32, 33, 43, 46, 64, 97];
+    let kcs = [1, 2, 15, 16, 17, 31, 33, 48, 49];
+    let len = 100 * 60 + 8;
+    let codes: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+    let f32s: Vec<f32> = (0..len).map(|_| rng.f32()).collect();
+    let f16s: Vec<f16> = f32s.iter().map(|&x| f16::from_f32(x)).collect();
+    let bf16s: Vec<bf16> = f32s.iter().map(|&x| bf16::from_f32(x)).collect();
+    for fmt in Format::ALL {
+        let sources = [
+            Elems::Fp8(codes[1..].as_ptr(), fmt),
+            Elems::F32(f32s[1..].as_ptr()),
+            Elems::F16(f16s[1..].as_ptr()),
+            Elems::Bf16(bf16s[1..].as_ptr()),
+        ];
+        for elems in sources {
+            for panel in [14, 32] {
+                for &width in &widths {
+                    for &kc in &kcs {
+                        // Along K (`ks == 1`, lines kc + 3 apart) and along the panel
+                        // (`ws == 1`, K rows width + 5 apart).
+                        for (ks, ws) in [(1, kc as isize + 3), (width as isize + 5, 1)] {
+                            let src = Src {
+                                elems,
+                                ks,
+                                ws,
+                                kc,
+                                width,
+                            };
+                            let size = width.div_ceil(panel) * panel * kc;
+                            let mut fast = vec![f32::NAN; size];
+                            let mut want = vec![-1.0f32; size];
+                            // SAFETY: the largest offset read, (kc - 1) * ks + (width - 1) * ws,
+                            // is below len - 1 for every case above.
+                            unsafe {
+                                pack_f32(src, panel, &mut fast);
+                                pack_f32_portable(src, panel, &mut want);
+                            }
+                            for (i, (x, y)) in fast.iter().zip(&want).enumerate() {
+                                assert!(
+                                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                                    "{elems:?} panel {panel} width {width} kc {kc} ks {ks}: \
+                                     element {i} = {x}, portable {y}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row's result does not depend on the tile it falls in: the first rows of an m-row
+/// product (its last row tile partial, 1..=13 rows on AVX-512) are bitwise those of a
+/// 29-row product (full tiles), on every ISA, K split into a full and a shorter last block.
+#[test]
+fn partial_row_tiles_match_full_tiles() {
+    let mut rng = Rng(29);
+    let (n, k) = (64, 700);
+    let a = Data::random(Kind::F32, 29, k, false, &mut rng);
+    let b = Data::random(Kind::F32, k, n, false, &mut rng);
+    let Data::F32(a_all) = &a else { unreachable!() };
+    let s = Scales {
+        block: 128,
+        ..Default::default()
+    };
+    for isa in arch::available() {
+        let whole = run(isa, &a, &b, &s, 29, n);
+        for m in 1..29 {
+            let part = Data::F32(a_all.slice(ndarray::s![..m, ..]).to_owned());
+            let c = run(isa, &part, &b, &s, m, n);
+            assert_eq!(
+                c.mapv(f32::to_bits),
+                whole.slice(ndarray::s![..m, ..]).mapv(f32::to_bits),
+                "{isa} m = {m}"
+            );
         }
     }
 }

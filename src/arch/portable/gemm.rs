@@ -29,9 +29,10 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     nr: NR,
     a_splat: SPLAT,
     kc: 512,
-    mc: 64,
-    nc: 2048,
+    mc: 1024,
+    nc: 256,
     func: kernel_4x8,
+    rows: None,
 };
 
 /// # Safety

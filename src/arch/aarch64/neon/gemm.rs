@@ -17,9 +17,10 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     nr: NR,
     a_splat: 1,
     kc: 512,
-    mc: 256,
-    nc: 3072,
+    mc: 4096,
+    nc: 240,
     func: neon_f32_8x12,
+    rows: None,
 };
 
 /// `acc[i][j] += b[j] * a[i / 4][i % 4]` for the 8 x 3 accumulators.

@@ -29,9 +29,10 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     nr: NR,
     a_splat: 1,
     kc: 768,
-    mc: 256,
-    nc: 3072,
+    mc: 4096,
+    nc: 336,
     func: neon_bf16_8x12,
+    rows: None,
 };
 
 /// `acc += bfdot(b, a.2h[LANE])`.

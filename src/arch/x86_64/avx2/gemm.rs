@@ -11,9 +11,10 @@ pub(crate) static GEMM: Micro<f32> = Micro {
     nr: 16,
     a_splat: 1,
     kc: 512,
-    mc: 336,
-    nc: 3072,
+    mc: 6 * 682,
+    nc: 384,
     func: avx2_f32_6x16,
+    rows: None,
 };
 
 /// # Safety

@@ -23,9 +23,10 @@ pub(crate) static GEMM: Micro<u16> = Micro {
     nr: 32,
     a_splat: 1,
     kc: 768,
-    mc: 336,
-    nc: 4096,
+    mc: 14 * 292,
+    nc: 384,
     func: avx512_bf16_14x32,
+    rows: None,
 };
 
 /// # Safety
