@@ -334,5 +334,27 @@ class PeerGrid:
     track_ratio_vs_torch_bf16.unit = "x"
 
 
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        description="Print the ratio table: time of each peer / time of fp8fast.matmul, one thread, "
+                    "k = n = 4096 E4M3 weights in both layouts, float32 / bfloat16 / E4M3 "
+                    "activations. Run with OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE / "
+                    "OPENBLAS_L2_SIZE unset.")
+    p.add_argument("ms", nargs="?", default=",".join(map(str, GRID_M)),
+                   help=f"comma-separated row counts m (default {','.join(map(str, GRID_M))})")
+    p.add_argument("--reps", type=int, default=3,
+                   help="timed calls per cell for m >= 128, three times that below (default 3)")
+    args = p.parse_args()
+    try:
+        ms = [int(v) for v in args.ms.split(",")]
+    except ValueError:
+        p.error(f"expected comma-separated whole numbers, got {args.ms!r}")
+    if any(m < 1 for m in ms) or args.reps < 1:
+        p.error("m and --reps must be >= 1")
+    ratio_table(ms, args.reps)
+
+
 if __name__ == "__main__":
-    ratio_table([int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else GRID_M)
+    main()
