@@ -41,15 +41,25 @@ pub enum Available {
 pub struct WriterThread {
     to_writer: Option<SyncSender<Piece>>,
     written: Receiver<Vec<u64>>,
-    /// Buffers made so far (at most `DEPTH + 1`).
+    /// Buffers made so far (at most `limit`).
     made: usize,
+    /// How many buffers may circulate: one more than the queue holds.
+    limit: usize,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl WriterThread {
-    /// Start a thread that writes into `file` (a handle of its own) by position.
+    /// Start a thread that writes into `file` (a handle of its own) by position, with
+    /// `DEPTH + 1` buffers (one filling thread).
     pub fn start(file: File) -> std::io::Result<Self> {
-        let (to_writer, filled) = sync_channel::<Piece>(DEPTH);
+        Self::with_buffers(file, DEPTH + 1)
+    }
+
+    /// As [`start`](Self::start), with `buffers >= 2` circulating (for several filling
+    /// threads, each holding one while the others' wait for the writer).
+    pub fn with_buffers(file: File, buffers: usize) -> std::io::Result<Self> {
+        let limit = buffers.max(2);
+        let (to_writer, filled) = sync_channel::<Piece>(limit - 1);
         let (give_back, written) = channel::<Vec<u64>>();
         let thread = std::thread::Builder::new()
             .name("fp8fast-writer".into())
@@ -69,6 +79,7 @@ impl WriterThread {
             to_writer: Some(to_writer),
             written,
             made: 0,
+            limit,
             thread: Some(thread),
         })
     }
@@ -79,7 +90,7 @@ impl WriterThread {
     pub fn buffer(&mut self, words: usize) -> Option<Vec<u64>> {
         let mut buf = match self.written.try_recv() {
             Ok(b) => b,
-            Err(_) if self.made < DEPTH + 1 => {
+            Err(_) if self.made < self.limit => {
                 self.made += 1;
                 Vec::new()
             }
@@ -96,7 +107,7 @@ impl WriterThread {
         let mut buf = match self.written.try_recv() {
             Ok(b) => b,
             Err(TryRecvError::Disconnected) => return Available::Stopped,
-            Err(TryRecvError::Empty) if self.made < DEPTH + 1 => {
+            Err(TryRecvError::Empty) if self.made < self.limit => {
                 self.made += 1;
                 Vec::new()
             }

@@ -633,15 +633,19 @@ impl SafetensorsWriter {
     }
 
     /// Produce the whole next tensor, of `elements` elements of `T`, in parts of `part`
-    /// elements (the last may be shorter) filled and written on the pool's threads: each
-    /// thread calls `fill(first_element, part)` (which must write every element of the part)
-    /// on a reused buffer of its own and writes the part into the file by position. Returns
-    /// what `fill` returned, in part order.
+    /// elements (the last may be shorter), filled on the pool's threads: each thread calls
+    /// `fill(first_element, part)` (which must write every element of the part) on a buffer
+    /// and hands it to the writer thread ([`super::pipeline`]), which writes the parts by
+    /// position and returns the buffers; on one thread, each part is written as soon as it is
+    /// filled. Returns what `fill` returned, in part order.
     ///
     /// For producers that are most of the work, like quantization: every thread has work for
-    /// the whole tensor (one wake-up of the pool per tensor, not per piece), and the writes,
-    /// which the kernel serialises within one file, take turns with the filling. After any
-    /// error the writer accepts nothing more and never renames the file into place.
+    /// the whole tensor (one wake-up of the pool per tensor, not per piece), and no filling
+    /// thread waits in the kernel: the kernel serialises writes into one file, and two threads
+    /// writing cost it half as much again as one (measured here: 0.64 against 0.42 CPU-s of
+    /// system time for 1 GiB written into tmpfs). A write may fail after this returns:
+    /// [`finish`](Self::finish) waits for every byte and reports it. After any error the writer
+    /// accepts nothing more and never renames the file into place.
     pub fn write_tensor_parallel<T: bytemuck::Pod, R: Send>(
         &mut self,
         elements: usize,
@@ -664,61 +668,92 @@ impl SafetensorsWriter {
                 self.sizes.get(self.current).map_or(0, |s| s - self.written)
             )));
         }
+        let threads = crate::threads::num_threads();
+        let context = self.context();
+        let io = |e| Error::io(context.clone(), e);
+        if self.pipeline.is_none() && threads >= 2 {
+            let own = self.sink.file.try_clone().map_err(io)?;
+            // Each filling thread holds one buffer while others wait in the writer's queue.
+            self.pipeline = Some(WriterThread::with_buffers(own, 2 * threads + 2).map_err(io)?);
+        }
         let part = part.max(1);
         let start = self.pos;
-        let spare: Mutex<Vec<Vec<u64>>> = Mutex::new(Vec::new());
+        // Without a writer thread (one thread): this thread's buffer, written in place.
+        let spare = Mutex::new(std::mem::take(&mut self.scratch));
+        let pipeline = Mutex::new(self.pipeline.take());
         let stop = AtomicBool::new(false);
-        let (file, context) = (&self.sink.file, self.context());
+        let file = &self.sink.file;
         let name = self
             .tensors
             .get(self.current)
             .map_or("?", |t| t.name.as_str());
         let dest = self.atomic.dest();
         let refused = |r: crate::alloc::Refused| r.in_tensor(dest, name, "an output buffer");
+        let stopped = || {
+            Error::io(
+                context.clone(),
+                std::io::Error::other("the writer thread stopped"),
+            )
+        };
         let results = crate::threads::map((0..elements).step_by(part).collect(), |first| {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
             let len = part.min(elements - first) * item;
-            let mut buf = spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .unwrap_or_default();
-            let r = match crate::alloc::grow(&mut buf, len.div_ceil(8), 0) {
-                Err(r) => Err(refused(r)),
-                Ok(()) => {
+            let at = start + (first * item) as u64;
+            let r = (|| {
+                let mut queue = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(writer) = queue.as_mut() else {
+                    drop(queue);
+                    let mut buf = spare.lock().unwrap_or_else(|e| e.into_inner());
+                    crate::alloc::grow(&mut buf, len.div_ceil(8), 0).map_err(refused)?;
                     let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len];
-                    fill(first, bytemuck::cast_slice_mut(bytes)).and_then(|r| {
-                        write_all_at(file, bytes, start + (first * item) as u64)
-                            .map(|()| r)
-                            .map_err(|e| Error::io(context.clone(), e))
-                    })
+                    let r = fill(first, bytemuck::cast_slice_mut(bytes))?;
+                    write_all_at(file, bytes, at).map_err(io)?;
+                    return Ok(r);
+                };
+                // Waits (asleep) for the writer to give a buffer back when all are out.
+                let mut buf = writer.buffer(len.div_ceil(8)).ok_or_else(stopped)?;
+                drop(queue);
+                let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..len];
+                let r = fill(first, bytemuck::cast_slice_mut(bytes))?;
+                let mut queue = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+                let sent = queue.as_mut().is_some_and(|w| w.send(buf, len, at));
+                if sent {
+                    Ok(r)
+                } else {
+                    Err(stopped())
                 }
-            };
-            spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+            })();
             if r.is_err() {
                 stop.store(true, Ordering::Relaxed);
             }
             Some(r)
         });
+        self.scratch = spare.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.pipeline = pipeline.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::with_capacity(results.len());
+        let mut failure = None;
         for r in results {
             match r {
                 Some(Ok(v)) => out.push(v),
                 Some(Err(e)) => {
-                    self.failed = true;
-                    return Err(e);
+                    failure = Some(e);
+                    break;
                 }
-                None => {
-                    // Skipped after another part failed (whose error comes first or later).
-                    continue;
-                }
+                // Skipped after another part failed.
+                None => {}
             }
         }
-        if out.len() != elements.div_ceil(part) {
+        if failure.is_some() || out.len() != elements.div_ceil(part) {
+            // Parts of this tensor may be in flight: stop the writer, report its error first.
             self.failed = true;
-            return Err(Error::value(format!("{context}: a part was not written")));
+            let written = self.pipeline.take().map(WriterThread::finish);
+            return Err(match (written, failure) {
+                (Some(Err(e)), _) => io(e),
+                (_, Some(e)) => e,
+                _ => Error::value(format!("{context}: a part was not written")),
+            });
         }
         self.advance(size);
         Ok(out)
