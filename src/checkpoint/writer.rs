@@ -519,6 +519,26 @@ impl SafetensorsWriter {
         Ok(())
     }
 
+    /// Whether a whole next tensor of `size` bytes of `T` elements is to be produced: `false`
+    /// for a tensor of no bytes (which the writer has already stepped over), an error if the
+    /// element type cannot be written or the size is not the next tensor's.
+    fn starts_whole_tensor<T>(&self, size: u64) -> Result<bool> {
+        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
+            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
+        }
+        if size == 0 && self.written == 0 {
+            return Ok(false);
+        }
+        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
+            return Err(Error::value(format!(
+                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
+                self.atomic.dest().display(),
+                self.sizes.get(self.current).map_or(0, |s| s - self.written)
+            )));
+        }
+        Ok(true)
+    }
+
     /// Produce the whole next tensor, of `elements` elements of `T` (none of its bytes written
     /// yet), with `fill`, which must write every element: in place in the file when it is mapped
     /// and the tensor's offset is aligned for `T`, else in a scratch buffer that is then written. A
@@ -531,18 +551,8 @@ impl SafetensorsWriter {
     ) -> Result<R> {
         self.check_usable()?;
         let size = (elements as u64).saturating_mul(std::mem::size_of::<T>() as u64);
-        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
-            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
-        }
-        if size == 0 && self.written == 0 {
+        if !self.starts_whole_tensor::<T>(size)? {
             return fill(&mut []);
-        }
-        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
-            return Err(Error::value(format!(
-                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
-                self.atomic.dest().display(),
-                self.sizes.get(self.current).map_or(0, |s| s - self.written)
-            )));
         }
         let len = usize::try_from(size).map_err(|_| Error::value("tensor too large"))?;
         let aligned = self.pos.is_multiple_of(std::mem::align_of::<T>() as u64);
@@ -600,18 +610,8 @@ impl SafetensorsWriter {
         self.check_usable()?;
         let item = std::mem::size_of::<T>();
         let size = (elements as u64).saturating_mul(item as u64);
-        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
-            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
-        }
-        if size == 0 && self.written == 0 {
+        if !self.starts_whole_tensor::<T>(size)? {
             return Ok(());
-        }
-        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
-            return Err(Error::value(format!(
-                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
-                self.atomic.dest().display(),
-                self.sizes.get(self.current).map_or(0, |s| s - self.written)
-            )));
         }
         let align = if align.saturating_mul(item) <= PIPELINE_MAX_ALIGNED_BYTES {
             align.max(1)
@@ -655,18 +655,8 @@ impl SafetensorsWriter {
         self.check_usable()?;
         let item = std::mem::size_of::<T>();
         let size = (elements as u64).saturating_mul(item as u64);
-        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
-            return Err(Error::type_error("tensor elements aligned beyond 8 bytes"));
-        }
-        if size == 0 && self.written == 0 {
+        if !self.starts_whole_tensor::<T>(size)? {
             return Ok(Vec::new());
-        }
-        if self.sizes.get(self.current) != Some(&size) || self.written != 0 {
-            return Err(Error::value(format!(
-                "{}: a whole tensor of {size} bytes was produced where {} bytes were expected",
-                self.atomic.dest().display(),
-                self.sizes.get(self.current).map_or(0, |s| s - self.written)
-            )));
         }
         let threads = crate::threads::num_threads();
         let context = self.context();
