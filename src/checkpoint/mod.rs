@@ -450,10 +450,27 @@ pub fn quantize_file(
 /// (fewer, larger writes cost the kernel less; past 2 MiB the input of a part leaves L2).
 const PART_CODES: usize = 1 << 20;
 
+/// The most bytes of parts in flight (filling, queued and being written), within the 200 MB
+/// the memory bound allows beside two input tensors: 2 x 65 threads + 2 buffers of 1 MiB.
+const PARTS_IN_FLIGHT_MAX: usize = 132 << 20;
+
 /// Parts quantized through [`SafetensorsWriter::write_tensor_parallel`] (tests check that it
 /// ran).
 #[cfg(test)]
 static PARTS_QUANTIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The codes per part of a weight of `cols` columns quantized in parts on `threads` threads:
+/// whole scale groups of rows, about [`PART_CODES`]. `None`: quantize it whole, for one scale
+/// per tensor, or when the parts in flight would take more memory than the bound allows
+/// beside the input (block rows of a very wide weight on many threads).
+fn part_len(g: Granularity, cols: usize, threads: usize) -> Option<usize> {
+    let buffers = SafetensorsWriter::parallel_buffers(threads);
+    scaled::rows_per_part(g)
+        .and_then(|r| r.checked_mul(cols))
+        .filter(|&unit| unit > 0)
+        .map(|unit| (PART_CODES / unit).max(1) * unit)
+        .filter(|&part| part.saturating_mul(buffers) <= PARTS_IN_FLIGHT_MAX)
+}
 
 /// The quantization of one weight into the writer's next tensor.
 struct QuantizeJob {
@@ -490,11 +507,8 @@ impl QuantizeJob {
             rounding,
             store,
         } = *self;
-        let unit = scaled::rows_per_part(g).and_then(|r| r.checked_mul(cols));
-        match unit {
-            Some(unit) if unit > 0 => {
-                // Whole scale groups of rows, about PART_CODES codes.
-                let part = (PART_CODES / unit).max(1) * unit;
+        match part_len(g, cols, crate::threads::num_threads()) {
+            Some(part) => {
                 let scales =
                     w.write_tensor_parallel(x.len(), part, |first, codes: &mut [u8]| {
                         #[cfg(test)]

@@ -304,6 +304,87 @@ fn weights_quantized_in_parts_equal_weights_quantized_whole() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Parts are whole scale groups of rows of about 1 MiB of codes; a weight is quantized whole
+/// for one scale per tensor, or when its parts in flight would pass PARTS_IN_FLIGHT_MAX (block
+/// rows of a very wide weight, or very many threads). Such a weight quantizes, whole, to the
+/// codes and scales of the reference.
+#[test]
+fn part_lengths_and_weights_too_wide_for_parts() {
+    assert_eq!(part_len(Granularity::Channel, 4096, 2), Some(256 * 4096));
+    assert_eq!(
+        part_len(Granularity::Mx, 4000, 2),
+        Some((1 << 20) / 4000 * 4000)
+    );
+    assert_eq!(
+        part_len(Granularity::Block(128, 128), 4096, 2),
+        Some(2 * 128 * 4096)
+    );
+    assert_eq!(
+        part_len(Granularity::Block(128, 128), 14336, 2),
+        Some(128 * 14336)
+    );
+    assert_eq!(part_len(Granularity::Tensor, 4096, 2), None);
+    assert_eq!(part_len(Granularity::Channel, 0, 2), None);
+    // 6 buffers of one 128-row block row each: over the limit from 180,225 columns.
+    assert_eq!(
+        part_len(Granularity::Block(128, 128), 180_224, 2),
+        Some(128 * 180_224)
+    );
+    assert_eq!(part_len(Granularity::Block(128, 128), 180_225, 2), None);
+    assert_eq!(part_len(Granularity::Channel, 4096, 65), Some(256 * 4096));
+    assert_eq!(part_len(Granularity::Channel, 4096, 66), None);
+
+    let d = tmpdir("wide");
+    let src = d.join("wide.safetensors");
+    let (rows, cols) = (130usize, 180_225usize);
+    let x: Vec<bf16> = values(rows * cols, 3)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let plan = vec![OutTensor::new("w.weight", Dtype::BF16, vec![rows, cols])];
+    let mut w = SafetensorsWriter::create(&src, plan, None, false).unwrap();
+    w.write(bytemuck::cast_slice(&x)).unwrap();
+    w.finish().unwrap();
+    crate::threads::set_num_threads(2).unwrap();
+    let q = d.join("q.safetensors");
+    let g = Granularity::Block(128, 128);
+    let opts = QuantizeOptions {
+        format: Format::E4M3,
+        granularity: g,
+        layout: Layout::Fp8Block,
+        rounding: Rounding::Nearest,
+        scale_dtype: None,
+    };
+    quantize_file(
+        &src,
+        &q,
+        &["w.weight".to_string()],
+        opts,
+        None,
+        false,
+        &mut noop,
+    )
+    .unwrap();
+    let f = SafetensorsFile::open(&q).unwrap();
+    let store = opts.scale_store(Dtype::BF16);
+    let mut codes = vec![0u8; rows * cols];
+    let whole = scaled::quantize_weight_into(
+        &x,
+        rows,
+        cols,
+        Format::E4M3,
+        g,
+        Rounding::Nearest,
+        store,
+        &mut codes,
+    )
+    .unwrap();
+    assert!(read_as::<u8>(&f, f.get("w.weight").unwrap()).unwrap() == codes);
+    let scale = f.get("w.weight_scale_inv").unwrap();
+    assert_eq!(read_as::<u8>(&f, scale).unwrap(), scale_bytes(whole, store));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn deepseek_style_block_checkpoint_dequantizes_to_the_f64_reference() {
     let d = tmpdir("ds");

@@ -632,6 +632,14 @@ impl SafetensorsWriter {
         Ok(())
     }
 
+    /// How many part buffers [`write_tensor_parallel`](Self::write_tensor_parallel) keeps in
+    /// circulation on `threads` threads (each as large as a part): each filling thread holds
+    /// one while others wait in the writer's queue. More buffers than filling threads, or a
+    /// thread waiting for one could hold up the others.
+    pub fn parallel_buffers(threads: usize) -> usize {
+        2 * threads.max(1) + 2
+    }
+
     /// Produce the whole next tensor, of `elements` elements of `T`, in parts of `part`
     /// elements (the last may be shorter), filled on the pool's threads: each thread calls
     /// `fill(first_element, part)` (which must write every element of the part) on a buffer
@@ -663,8 +671,8 @@ impl SafetensorsWriter {
         let io = |e| Error::io(context.clone(), e);
         if self.pipeline.is_none() && threads >= 2 {
             let own = self.sink.file.try_clone().map_err(io)?;
-            // Each filling thread holds one buffer while others wait in the writer's queue.
-            self.pipeline = Some(WriterThread::with_buffers(own, 2 * threads + 2).map_err(io)?);
+            let buffers = Self::parallel_buffers(threads);
+            self.pipeline = Some(WriterThread::with_buffers(own, buffers).map_err(io)?);
         }
         let part = part.max(1);
         let start = self.pos;
