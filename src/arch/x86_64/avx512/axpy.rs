@@ -147,14 +147,7 @@ unsafe fn axpy512<const R: usize, const CV: usize>(
         let mut j = 0;
         while j < ncols {
             let width = step.min(ncols - j);
-            let masks: [u16; CV] = std::array::from_fn(|c| {
-                let n = width.saturating_sub(16 * c).min(16);
-                if n == 16 {
-                    u16::MAX
-                } else {
-                    (1u16 << n) - 1
-                }
-            });
+            let masks = column_masks::<CV>(width);
             // SAFETY: loads and stores are masked to the `width` columns from j of the
             // `plen` weight rows and the R output rows; xt holds R floats per K step.
             unsafe {
@@ -410,14 +403,7 @@ unsafe fn tile_pass<const R: usize>(
 ) {
     const CV: usize = TILE_STEP / 16;
     let width = TILE_STEP.min(ncols);
-    let masks: [u16; CV] = std::array::from_fn(|c| {
-        let n = width.saturating_sub(16 * c).min(16);
-        if n == 16 {
-            u16::MAX
-        } else {
-            (1u16 << n) - 1
-        }
-    });
+    let masks = column_masks::<CV>(width);
     // SAFETY: loads and stores are masked to the `width` columns (the addresses of masked-off
     // lanes, which may lie past the buffers, are formed with wrapping arithmetic); x holds
     // plen * R floats.
@@ -521,4 +507,17 @@ pub(crate) unsafe fn axpy_table_e4m3(
             j += 64;
         }
     }
+}
+
+/// Masks of the first `width` of `16 * CV` columns, 16 per vector.
+#[inline(always)]
+fn column_masks<const CV: usize>(width: usize) -> [u16; CV] {
+    std::array::from_fn(|c| {
+        let n = width.saturating_sub(16 * c).min(16);
+        if n == 16 {
+            u16::MAX
+        } else {
+            (1u16 << n) - 1
+        }
+    })
 }
