@@ -15,9 +15,12 @@
 //! column's sum is formed by the same operations whatever the split, so results do not
 //! depend on the thread count.
 
+use std::sync::Mutex;
+
 use super::gemv::{activations, Weights};
+use super::scratch::{self, Slot};
 use super::{CPtr, Elems, Mat, ScalePlan};
-use crate::alloc;
+use crate::alloc::Refused;
 use crate::arch::{self, Isa};
 use crate::error::Result;
 #[cfg(target_arch = "x86_64")]
@@ -36,11 +39,10 @@ pub(crate) const ROW_GROUP: usize = 8;
 /// L1 (48 KiB here) while the kernels add P weight rows at a time into it.
 const ITEM_OUT_BYTES: usize = 16 << 10;
 
-/// Columns per work item on the tile path (4 steps of 48, 3 blocks of 64): the decoded tile
-/// (`TILE_ROWS` x 192 floats, 12 KiB) and the output slices of 32 rows (24 KiB) stay in L1.
-/// Measured (Intel Xeon, one thread, 4096 x 4096 E4M3 `[in, out]`, m = 32 / 16): 384 columns
-/// 11.4-12.0 / 7.0 ms, 192 columns 9.7 / 6.3 ms.
-const TILE_ITEM_COLS: usize = 192;
+/// Bytes of output (all rows' slice of C, in float32) per work item on the tile path: the
+/// kernel sweeps each tile row of the weights across all of the item's columns, strip by
+/// strip, so the slice stays in L2 between tile rows.
+const TILE_ITEM_OUT_BYTES: usize = 512 << 10;
 
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with unit column stride (or `n == 1`).
@@ -52,7 +54,7 @@ pub(crate) unsafe fn axpy(
     c: CPtr,
     ldc: isize,
 ) -> Result<()> {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let (m, k) = (a.rows, a.cols);
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the axpy path is only taken for FP8 weights")
     };
@@ -87,20 +89,81 @@ pub(crate) unsafe fn axpy(
     let tiles_table = tiles && fmt == Format::E4M3 && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let tiles_table = false;
-    // As in the GEMV path (the portable kernel, which aarch64 uses too, decodes by table).
-    // SAFETY: forwarded from the caller.
-    let (x, weights) = unsafe { activations(isa, a, fmt, table || tiles_table) }?;
-    // K-major row groups: group g (rows g0..g0+rows) at offset g0 * k.
-    let mut xt = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
-    for g0 in (0..m).step_by(ROW_GROUP) {
-        let rows = ROW_GROUP.min(m - g0);
-        let dst = &mut xt[g0 * k..(g0 + rows) * k];
-        for r in 0..rows {
-            for p in 0..k {
-                dst[p * rows + r] = x[(g0 + r) * k + p];
+    // K-major row groups of the kernels' height.
+    #[cfg(target_arch = "x86_64")]
+    let group = if tiles {
+        arch::x86_64::avx512::axpy::TILE_GROUP
+    } else {
+        ROW_GROUP
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let group = ROW_GROUP;
+    let path = Path {
+        kernel,
+        tiles,
+        tiles_table,
+    };
+    scratch::with(Slot::Activations, m * k, |x| {
+        // As in the GEMV path (the portable kernel, which aarch64 uses too, decodes by table).
+        // SAFETY: forwarded from the caller.
+        let weights = unsafe { activations(isa, a, fmt, table || tiles_table, x) };
+        scratch::with(Slot::Packed, m * k, |xt| {
+            pack_groups(x, xt, k, group);
+            // SAFETY: forwarded from the caller; `xt` holds A's rows in groups of `group`.
+            unsafe { axpy_all(&path, xt, weights, b, plan, c, ldc) }
+        })
+        .and_then(|r| r)
+    })
+    .and_then(|r| r)
+    .map_err(|r| r.for_what("the activations of a matmul"))
+}
+
+/// How [`axpy`] multiplies: the per-group kernel, or the AVX-512 tile kernel (by table
+/// decode or not).
+struct Path {
+    kernel: AxpyFn,
+    tiles: bool,
+    tiles_table: bool,
+}
+
+/// The rows of `x` (`k` floats each) to `xt`, K-major in groups of `group` rows: group `g0`
+/// (rows `g0..g0 + rows`) at offset `g0 * k`, element `(g0 + r, p)` at `g0 * k + p * rows + r`.
+fn pack_groups(x: &[f32], xt: &mut [f32], k: usize, group: usize) {
+    let m = x.len() / k;
+    for g0 in (0..m).step_by(group) {
+        let rows = group.min(m - g0);
+        let src = &x[g0 * k..(g0 + rows) * k];
+        for (p, dst) in xt[g0 * k..(g0 + rows) * k]
+            .chunks_exact_mut(rows)
+            .enumerate()
+        {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = src[r * k + p];
             }
         }
     }
+}
+
+/// The axpy path once the activations are packed (`xt`, see [`pack_groups`]).
+///
+/// # Safety
+/// As [`axpy`]; `xt` holds the `m` rows of A packed in groups of the path's kernel height.
+unsafe fn axpy_all(
+    path: &Path,
+    xt: &[f32],
+    weights: Weights,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<(), Refused> {
+    let (n, k) = (b.cols, b.rows);
+    let m = xt.len() / k;
+    let Path {
+        kernel,
+        tiles,
+        tiles_table,
+    } = *path;
     #[cfg(target_arch = "x86_64")]
     let tables = arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
     let seg = if plan.along_k() { plan.block } else { k };
@@ -109,8 +172,12 @@ pub(crate) unsafe fn axpy(
     // sum is formed the same way).
     let nthreads = threads::num_threads();
     let parallel = nthreads > 1 && m * n * k >= 1 << 18;
+    #[cfg(target_arch = "x86_64")]
+    const STRIP: usize = arch::x86_64::avx512::axpy::TILE_COLS;
+    #[cfg(not(target_arch = "x86_64"))]
+    const STRIP: usize = 64;
     let mut cols = if tiles {
-        TILE_ITEM_COLS
+        (TILE_ITEM_OUT_BYTES / 4 / m / STRIP).max(1) * STRIP
     } else {
         (ITEM_OUT_BYTES / 4 / m.min(ROW_GROUP)).max(64)
     };
@@ -118,19 +185,18 @@ pub(crate) unsafe fn axpy(
         cols = cols.min(n.div_ceil(nthreads).div_ceil(64) * 64);
     }
     let items = n.div_ceil(cols);
-    let xt = &xt[..];
-    let item = |it: usize| {
-        let j0 = it * cols;
-        let ncols = cols.min(n - j0);
-        // Rows padded to whole 64-column blocks (the table kernel's unit).
-        let ldo = ncols.div_ceil(64) * 64;
-        let mut part = vec![0.0f32; if tiles { m } else { m.min(ROW_GROUP) } * ldo];
+    // Where column `j` of a strip is in the tile kernel's output (table order within each
+    // 64-column block with the table decode).
+    let positions: [usize; STRIP] = std::array::from_fn(|j| {
         #[cfg(target_arch = "x86_64")]
-        let mut tile = if tiles {
-            vec![0.0f32; arch::x86_64::avx512::axpy::TILE_ROWS * ldo]
-        } else {
-            Vec::new()
-        };
+        if tiles_table {
+            return j / 64 * 64 + arch::x86_64::avx512::gemv::table_position(j % 64);
+        }
+        j
+    });
+    // One work item: output columns j0..j0 + ncols, through the slice `part` (rows `ldo`
+    // apart, or strip-major on the tile path) and the tile buffer.
+    let item_body = |j0: usize, ncols: usize, ldo: usize, part: &mut [f32], tile: &mut [f32]| {
         let mut sa = vec![1.0f32; m];
         let mut sb = vec![1.0f32; ncols];
         for (kb, k0) in (0..k).step_by(seg).enumerate() {
@@ -141,8 +207,8 @@ pub(crate) unsafe fn axpy(
                 _ => unreachable!("checked above"),
             };
             if tiles {
-                // SAFETY: as below, for all row groups at once; `part` holds m rows of ldo
-                // floats, `tile` TILE_ROWS rows; the ISA is at least AVX-512.
+                // SAFETY: as below, for all row groups at once; `part` holds the strips of m
+                // rows, `tile` TILE_ROWS x TILE_COLS floats; the ISA is at least AVX-512.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     arch::x86_64::avx512::axpy::axpy_tiles_avx512(
@@ -157,26 +223,23 @@ pub(crate) unsafe fn axpy(
                         weights,
                         tiles_table.then_some(&tables),
                         part.as_mut_ptr(),
-                        ldo,
                         tile.as_mut_ptr(),
                     )
                 };
-                for i in 0..m {
-                    let src = &part[i * ldo..(i + 1) * ldo];
-                    for (j, &s) in sb.iter().enumerate() {
-                        #[cfg(target_arch = "x86_64")]
-                        let pos = if tiles_table {
-                            j / 64 * 64 + arch::x86_64::avx512::gemv::table_position(j % 64)
-                        } else {
-                            j
+                for (strip, sb) in sb.chunks(STRIP).enumerate() {
+                    for (i, &sa) in sa.iter().enumerate() {
+                        let src = &part[(strip * m + i) * STRIP..][..STRIP];
+                        // SAFETY: row i, columns j0 + strip * STRIP.. of C (sb.len() of them)
+                        // are inside C; items write disjoint columns.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                c.at(i, j0 + strip * STRIP, ldc),
+                                sb.len(),
+                            )
                         };
-                        #[cfg(not(target_arch = "x86_64"))]
-                        let pos = j;
-                        let t = src[pos] * s;
-                        // SAFETY: (i, j0 + j) is inside C; items write disjoint columns.
-                        unsafe {
-                            let d = c.at(i, j0 + j, ldc);
-                            *d = if k0 == 0 { t * sa[i] } else { *d + t * sa[i] };
+                        for ((d, &s), &pos) in dst.iter_mut().zip(sb).zip(&positions) {
+                            let t = src[pos] * s;
+                            *d = if k0 == 0 { t * sa } else { *d + t * sa };
                         }
                     }
                 }
@@ -186,7 +249,7 @@ pub(crate) unsafe fn axpy(
                 let rows = ROW_GROUP.min(m - g0);
                 // SAFETY: rows k0..k0+klen, columns j0..j0+ncols of B are inside B (unit
                 // column stride); the group's xt holds k * rows floats, from K step k0 at
-                // k0 * rows; `part` holds rows x ldo floats (ldo >= ncols, a multiple of 64); the kernel was
+                // k0 * rows; `part` holds rows x ldo floats (ldo >= ncols rounded up to 64); the kernel was
                 // chosen from an available ISA.
                 unsafe {
                     kernel(
@@ -216,10 +279,44 @@ pub(crate) unsafe fn axpy(
             }
         }
     };
+    // A worker whose buffers could not grow (the call then fails with a MemoryError).
+    let refused: Mutex<Option<Refused>> = Mutex::new(None);
+    let item = |it: usize| {
+        let j0 = it * cols;
+        let ncols = cols.min(n - j0);
+        // Rows padded to whole 64-column blocks (the table kernel's unit); on the tile path,
+        // strip-major (see `axpy_tiles_avx512`).
+        let ldo = ncols.div_ceil(64) * 64;
+        let part_len = if tiles {
+            ncols.div_ceil(STRIP) * m * STRIP
+        } else {
+            m.min(ROW_GROUP) * ldo
+        };
+        #[cfg(target_arch = "x86_64")]
+        let tile_len = if tiles {
+            arch::x86_64::avx512::axpy::TILE_ROWS * arch::x86_64::avx512::axpy::TILE_COLS
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let tile_len = 0;
+        let done = scratch::with(Slot::Output, part_len, |part| {
+            scratch::with(Slot::Tile, tile_len, |tile| {
+                item_body(j0, ncols, ldo, part, tile)
+            })
+        })
+        .and_then(|r| r);
+        if let Err(r) = done {
+            *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    };
     if parallel {
         threads::for_each((0..items).collect(), item);
     } else {
         (0..items).for_each(item);
     }
-    Ok(())
+    match refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
 }

@@ -19,6 +19,7 @@
 //! Threads split the output columns; K is never split, and each column's sum is formed by the
 //! same operations whatever the split, so results do not depend on the thread count.
 
+use super::scratch::{self, Slot};
 use super::{CPtr, Elems, Mat, ScalePlan};
 use crate::alloc;
 use crate::arch::{self, Isa};
@@ -79,8 +80,32 @@ pub(crate) unsafe fn gemv(
         && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]
     let table_f32 = false;
-    // SAFETY: forwarded from the caller.
-    let (x, weights) = unsafe { activations(isa, a, fmt, table_f32) }?;
+    scratch::with(Slot::Activations, m * k, |x| {
+        // SAFETY: forwarded from the caller.
+        let weights = unsafe { activations(isa, a, fmt, table_f32, x) };
+        // SAFETY: forwarded from the caller; `x` holds A's rows.
+        unsafe { dot_all(isa, x, weights, table_f32, b, plan, c, ldc) }
+    })
+    .map_err(|r| r.for_what("the activations of a matmul"))?
+}
+
+/// The GEMV path once the activations are float32 rows `x` (`weights`: how to decode).
+///
+/// # Safety
+/// As [`gemv`]; `x` holds the `m` rows of A, `k` floats each.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_all(
+    isa: Isa,
+    x: &[f32],
+    weights: Weights,
+    table_f32: bool,
+    b: Mat,
+    plan: &ScalePlan<'_>,
+    c: CPtr,
+    ldc: isize,
+) -> Result<()> {
+    let (n, k) = (b.cols, b.rows);
+    let m = x.len() / k;
     let dot: DotFn = match isa {
         Isa::Scalar => arch::portable::gemv::dot,
         #[cfg(target_arch = "x86_64")]
@@ -97,7 +122,7 @@ pub(crate) unsafe fn gemv(
     let seg_pad = seg.div_ceil(64) * 64;
     #[cfg(target_arch = "x86_64")]
     let xp = if table_f32 {
-        permute_activations(&x, k, seg, seg_pad)?
+        permute_activations(x, k, seg, seg_pad)?
     } else {
         Vec::new()
     };
@@ -105,7 +130,6 @@ pub(crate) unsafe fn gemv(
     let tables = arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
     let items = n.div_ceil(COLS_PER_ITEM);
     let parallel = threads::num_threads() > 1 && items > 1 && m * n * k >= 1 << 18;
-    let x = &x[..];
     let item = |it: usize| {
         let j0 = it * COLS_PER_ITEM;
         let ncols = COLS_PER_ITEM.min(n - j0);
@@ -203,11 +227,12 @@ fn permute_activations(x: &[f32], k: usize, seg: usize, seg_pad: usize) -> Resul
     Ok(xp)
 }
 
-/// The rows of `a` as contiguous float32 (allocated fallibly), and how the kernels are to
-/// decode the FP8 weights. The x86 kernels decode E4M3 through binary16, which gives the value
-/// times 2^-8 (see [`Weights`]): when no activation is within 2^8 of overflow, the activations
-/// are multiplied by 2^8 once (exact) instead of every decoded weight. Table decoders (`table`:
-/// the VBMI table kernels; the portable and NEON levels) take the activations unscaled.
+/// Writes the rows of `a` to `x` (`a.rows * a.cols` floats) as contiguous float32, and returns
+/// how the kernels are to decode the FP8 weights. The x86 kernels decode E4M3 through
+/// binary16, which gives the value times 2^-8 (see [`Weights`]): when no activation is within
+/// 2^8 of overflow, the activations are multiplied by 2^8 once (exact) instead of every
+/// decoded weight. Table decoders (`table`: the VBMI table kernels; the portable and NEON
+/// levels) take the activations unscaled.
 ///
 /// # Safety
 /// `a` addresses its whole (strided) matrix.
@@ -216,23 +241,22 @@ pub(crate) unsafe fn activations(
     a: Mat,
     fmt: Format,
     table: bool,
-) -> Result<(Vec<f32>, Weights)> {
-    let (m, k) = (a.rows, a.cols);
-    let mut x = alloc::filled_for(m * k, 0.0f32, "the activations of a matmul")?;
+    x: &mut [f32],
+) -> Weights {
+    let k = a.cols;
     for (i, row) in x.chunks_exact_mut(k).enumerate() {
         // SAFETY: row i of A is inside A.
         unsafe { load_row(a, i, row) };
     }
     if fmt == Format::E5M2 {
-        return Ok((x, Weights::E5M2));
+        return Weights::E5M2;
     }
     let table_decode = table || matches!(isa, Isa::Scalar | Isa::Neon | Isa::NeonBf16);
-    let safe = x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119));
-    if table_decode || !safe {
-        return Ok((x, Weights::E4M3));
+    if table_decode || !x.iter().all(|v| !v.is_finite() || v.abs() < 2f32.powi(119)) {
+        return Weights::E4M3;
     }
     x.iter_mut().for_each(|v| *v *= 256.0);
-    Ok((x, Weights::E4M3TimesTwoPowMinus8))
+    Weights::E4M3TimesTwoPowMinus8
 }
 
 /// Row `i` of `a` as float32.
@@ -250,6 +274,10 @@ pub(crate) unsafe fn load_row(a: Mat, i: usize, row: &mut [f32]) {
         };
     }
     match a.elems {
+        Elems::F32(p) if a.cs == 1 => {
+            // SAFETY: row i of A is `row.len()` contiguous floats inside A.
+            row.copy_from_slice(unsafe { std::slice::from_raw_parts(p.offset(base), row.len()) })
+        }
         Elems::Fp8(p, f) => {
             let t = tables::f32_table(f);
             gather!(p, |v: u8| t[usize::from(v)])

@@ -48,6 +48,7 @@ pub(crate) mod axpy;
 pub(crate) mod driver;
 pub(crate) mod gemv;
 mod pack;
+mod scratch;
 #[cfg(test)]
 mod tests;
 

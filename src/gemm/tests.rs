@@ -558,8 +558,8 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
 
 /// The axpy path (m <= crossovers().axpy, FP8 weights `[in, out]` with contiguous columns) on every
 /// ISA: M, N and K around the kernels' register blocks (16 / 8 columns per vector, up to 8
-/// vectors, 4 weight rows per pass; on AVX-512 above 8 rows, tiles of 16 weight rows, 48
-/// columns per step, 192 per work item), misaligned views with a row stride wider than N,
+/// vectors, 4 weight rows per pass; on AVX-512 above 8 rows, tiles of 64 weight rows x 64
+/// columns, 6 rows per pass), misaligned views with a row stride wider than N,
 /// NaN codes, and block scales along K; compared with the float64 reference (and its NaN
 /// pattern).
 #[test]
@@ -753,6 +753,66 @@ fn vector_packing_matches_the_portable_packer() {
                                      element {i} = {x}, portable {y}"
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On the axpy path the AVX-512 tile kernel (above 8 rows) forms each output as the per-group
+/// kernels do (the same products in K order): every group of up to 8 rows of an m-row product
+/// is bitwise the product of those rows alone, for E4M3 (table decode where the CPU has VBMI)
+/// and E5M2, K across tiles (64 rows) and block scales, N across strips, NaN codes included.
+#[test]
+fn axpy_tiles_match_row_groups() {
+    let mut rng = Rng(43);
+    for isa in arch::available() {
+        for &m in &[9usize, 14, 20, 32] {
+            if m > crossovers().axpy {
+                continue;
+            }
+            for &(k, n) in &[(130usize, 200usize), (64, 65), (257, 129)] {
+                for fmt in [Format::E4M3, Format::E5M2] {
+                    let mut w = Array2::from_shape_simple_fn((k, n), || rng.fp8(fmt));
+                    w[[k / 3, n / 2]] = if fmt == Format::E4M3 { 0x7F } else { 0x7E };
+                    let a = Array2::from_shape_fn((m, k), |_| rng.f32());
+                    let sb = Array2::from_shape_fn((k.div_ceil(128), n), |_| rng.f32() + 1.0);
+                    for scales in [
+                        Scales {
+                            block: 128,
+                            ..Default::default()
+                        },
+                        Scales {
+                            b: Some(sb.view()),
+                            block: 128,
+                            ..Default::default()
+                        },
+                    ] {
+                        let product = |rows: ndarray::ArrayView2<'_, f32>| {
+                            let mut out = ArrayD::<f32>::from_elem(IxDyn(&[rows.nrows(), n]), 0.0);
+                            matmul_isa(
+                                isa,
+                                &Operand::F32(rows.into_dyn()),
+                                &Operand::Fp8(w.view().into_dyn(), fmt),
+                                &scales,
+                                Output::F32(out.view_mut()),
+                            )
+                            .unwrap();
+                            out.into_dimensionality::<ndarray::Ix2>().unwrap()
+                        };
+                        let whole = product(a.view());
+                        for g0 in (0..m).step_by(8) {
+                            let rows = ndarray::s![g0..(g0 + 8).min(m), ..];
+                            let alone = product(a.slice(rows));
+                            let what = format!("{isa} {fmt:?} {m}x{n}x{k} rows {g0}..");
+                            // NaN outputs (the NaN code's column) compare as equal.
+                            let bits = |c: ArrayView2<'_, f32>| {
+                                c.mapv(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+                            };
+                            assert_eq!(bits(whole.slice(rows)), bits(alone.view()), "{what}");
+                            assert!(whole[[g0, n / 2]].is_nan(), "{what}");
                         }
                     }
                 }
