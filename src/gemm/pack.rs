@@ -16,6 +16,8 @@ use half::{bf16, f16};
 
 use super::Elems;
 use crate::alloc::Refused;
+#[cfg(target_arch = "x86_64")]
+use crate::format::Format;
 use crate::scalar::tables;
 
 /// Bytes per cache line.
@@ -83,6 +85,29 @@ pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if src.ks == 1 && (panel == 14 || panel == 32) && crate::arch::x86_64::has_avx512() {
         use crate::arch::x86_64::avx512::gemm::{pack_klines_f32, KLines};
+        if let Elems::Fp8(p, Format::E4M3) = src.elems {
+            if crate::arch::x86_64::has_avx512vbmi() {
+                let panels = src.width.div_ceil(panel);
+                assert!(
+                    dst.len() >= panels * src.kc * panel,
+                    "pack buffer too small"
+                );
+                let tables = crate::arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
+                // SAFETY: AVX-512 and VBMI were detected; line w of the source (K contiguous)
+                // holds X(0..kc, w) for w < width (the caller's guarantee); dst checked.
+                return unsafe {
+                    crate::arch::x86_64::avx512::gemm::pack_klines_e4m3_table(
+                        p,
+                        src.ws,
+                        src.kc,
+                        src.width,
+                        panel,
+                        &tables,
+                        dst.as_mut_ptr(),
+                    )
+                };
+            }
+        }
         let lines = match src.elems {
             Elems::Fp8(p, f) => KLines::Fp8(p, f),
             Elems::F32(p) => KLines::F32(p),

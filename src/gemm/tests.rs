@@ -703,15 +703,17 @@ fn rows_past_the_packed_a_block() {
 
 /// The vectorised packers (lines contiguous along K, transposed in registers; FP8 rows
 /// decoded in registers) write exactly what the portable packer writes: every source type,
-/// both panel widths of the AVX-512 kernel, widths and K lengths around the 16 x 16 blocks,
-/// misaligned lines wider apart than K, and every FP8 code (NaN stays NaN).
+/// both panel widths of the AVX-512 kernel, widths and K lengths around the 16 x 16 blocks
+/// (and the 16 x 64 byte blocks of the E4M3 table packer, whose dispatch hides the float
+/// packer of FP8 lines on VBMI CPUs: that one is run directly too), misaligned lines wider
+/// apart than K, and every FP8 code (NaN stays NaN).
 #[test]
 fn vector_packing_matches_the_portable_packer() {
     use super::pack::{pack_f32, pack_f32_portable, Src};
     let mut rng = Rng(23);
     let widths = [1, 2, 13, 14, 15, 16, 17, 29, 31, 32, 33, 43, 46, 64, 97];
-    let kcs = [1, 2, 15, 16, 17, 31, 33, 48, 49];
-    let len = 100 * 60 + 8;
+    let kcs = [1, 2, 15, 16, 17, 31, 33, 48, 49, 63, 64, 65, 130];
+    let len = 100 * 140 + 8;
     let codes: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
     let f32s: Vec<f32> = (0..len).map(|_| rng.f32()).collect();
     let f16s: Vec<f16> = f32s.iter().map(|&x| f16::from_f32(x)).collect();
@@ -746,12 +748,34 @@ fn vector_packing_matches_the_portable_packer() {
                                 pack_f32(src, panel, &mut fast);
                                 pack_f32_portable(src, panel, &mut want);
                             }
-                            for (i, (x, y)) in fast.iter().zip(&want).enumerate() {
-                                assert!(
-                                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
-                                    "{elems:?} panel {panel} width {width} kc {kc} ks {ks}: \
-                                     element {i} = {x}, portable {y}"
-                                );
+                            let mut results = vec![("dispatched", fast)];
+                            #[cfg(target_arch = "x86_64")]
+                            if let (Elems::Fp8(p, f), 1, true) =
+                                (elems, ks, arch::x86_64::has_avx512())
+                            {
+                                use crate::arch::x86_64::avx512::gemm::{pack_klines_f32, KLines};
+                                let mut float = vec![f32::NAN; size];
+                                // SAFETY: as above; AVX-512 was detected.
+                                unsafe {
+                                    pack_klines_f32(
+                                        KLines::Fp8(p, f),
+                                        ws,
+                                        kc,
+                                        width,
+                                        panel,
+                                        float.as_mut_ptr(),
+                                    )
+                                };
+                                results.push(("float lines", float));
+                            }
+                            for (how, fast) in results {
+                                for (i, (x, y)) in fast.iter().zip(&want).enumerate() {
+                                    assert!(
+                                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                                        "{how} {elems:?} panel {panel} width {width} kc {kc} \
+                                         ks {ks}: element {i} = {x}, portable {y}"
+                                    );
+                                }
                             }
                         }
                     }

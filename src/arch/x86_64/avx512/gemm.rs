@@ -21,7 +21,9 @@
 use std::arch::x86_64::*;
 
 use crate::arch::x86_64::avx2::gemm::prefetch_c;
-use crate::arch::x86_64::avx512::gemv::{decode16_e4m3, decode16_e5m2};
+use crate::arch::x86_64::avx512::gemv::{
+    decode16_e4m3, decode16_e5m2, decode64_e4m3_table, E4m3Bf16Tables, TableRegs,
+};
 use crate::format::Format;
 use crate::gemm::driver::{KLoop, Micro};
 
@@ -258,6 +260,86 @@ pub(crate) unsafe fn pack_fp8_rows_f32x32(
                 };
                 _mm512_storeu_ps(panel.add(p * PANEL), d0);
                 _mm512_storeu_ps(panel.add(p * PANEL + 16), d1);
+            }
+        }
+    }
+}
+
+/// The `vpermb` index of [`pack_klines_e4m3_table`]: it takes a 32-bit-transposed block
+/// (byte `4 e + s`: line `e`, K step `s` of 4) to the order in which
+/// [`decode64_e4m3_table`] leaves K step `s` of lines 0..16 as its vector `s`: the code it puts
+/// at element `4 L + d` of vector `v` is byte `16 L + 8 (v / 2) + 2 d + v % 2`
+/// ([`table_position`]).
+const E4M3_STEP_MAJOR: [u8; 64] = {
+    let mut idx = [0u8; 64];
+    let mut v = 0;
+    while v < 4 {
+        let mut e = 0;
+        while e < 16 {
+            let (lane, d) = (e / 4, e % 4);
+            idx[16 * lane + 8 * (v / 2) + 2 * d + v % 2] = (4 * e + v) as u8;
+            e += 1;
+        }
+        v += 1;
+    }
+    idx
+};
+
+/// [`pack_klines_f32`] for E4M3 lines on CPUs with AVX-512 VBMI: blocks of 16 lines x 64 K
+/// steps are transposed as 32-bit groups of 4 codes (the same 64 shuffles as a 16 x 16 float
+/// transpose, for 4x the elements), one `vpermb` per 4 K steps puts each step's 16 codes where
+/// [`decode64_e4m3_table`] leaves them as one vector, and the table decode gives the exact
+/// float32 values (NaN codes to NaN). Measured on the Intel Xeon (one thread, 32 x 4096 x 4096
+/// float32 x E4M3 `[out, in]`): the float path transposing decoded floats took a third of the
+/// product's time.
+///
+/// # Safety
+/// AVX-512 F + BW + VL + VBMI available; `panel` is 14 or 32; `line(w)[p]` (at
+/// `p + w * ws`) readable for `w < width`, `p < kc`; `out` holds
+/// `ceil(width / panel) * kc * panel` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")]
+pub(crate) unsafe fn pack_klines_e4m3_table(
+    p: *const u8,
+    ws: isize,
+    kc: usize,
+    width: usize,
+    panel: usize,
+    tables: &E4m3Bf16Tables,
+    out: *mut f32,
+) {
+    debug_assert!(panel == 14 || panel == 32);
+    let store_mask: u16 = if panel == 14 { 0x3FFF } else { u16::MAX };
+    // SAFETY: loads are masked to the lines below `width` and steps below `kc`; stores stay
+    // inside panel q's kc x panel floats (masked to `panel` columns for 14).
+    unsafe {
+        let t = TableRegs::load(tables);
+        let idx = _mm512_loadu_si512(E4M3_STEP_MAJOR.as_ptr().cast());
+        for (q, w0) in (0..width).step_by(panel).enumerate() {
+            let wn = panel.min(width - w0);
+            let dst = out.add(q * kc * panel);
+            for g0 in (0..panel).step_by(16) {
+                // Lines g0..g0 + lines of this panel are real, the rest zero.
+                let lines = wn.saturating_sub(g0).min(16);
+                for p0 in (0..kc).step_by(64) {
+                    let np = 64.min(kc - p0);
+                    let mask = if np == 64 { u64::MAX } else { (1u64 << np) - 1 };
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (l, v) in r.iter_mut().enumerate().take(lines) {
+                        let line = p.wrapping_offset((w0 + g0 + l) as isize * ws);
+                        let bytes = _mm512_maskz_loadu_epi8(mask, line.wrapping_add(p0).cast());
+                        *v = _mm512_castsi512_ps(bytes);
+                    }
+                    // r[u]: K steps p0 + 4u.. of the 16 lines, 4 bytes per line.
+                    transpose16(&mut r);
+                    for (u, group) in r.iter().enumerate().take(np.div_ceil(4)) {
+                        let codes = _mm512_permutexvar_epi8(idx, _mm512_castps_si512(*group));
+                        let steps = decode64_e4m3_table(&t, codes);
+                        for (s, v) in steps.iter().enumerate().take(np - 4 * u) {
+                            let row = dst.add((p0 + 4 * u + s) * panel + g0);
+                            _mm512_mask_storeu_ps(row, store_mask, *v);
+                        }
+                    }
+                }
             }
         }
     }
