@@ -258,18 +258,16 @@ pub(crate) unsafe fn axpy_tiles_avx512(
     {
         let (plen, cn) = (TILE_ROWS.min(klen - p0), TILE_COLS.min(ncols - jc));
         let rows = w.wrapping_offset(p0 as isize * ldw).wrapping_add(jc);
-        // With the table decode, positions (not columns) up to whole 64-column blocks.
-        let width = if let Some(tables) = table {
+        // Either decode fills whole tile rows (zero past `cn`).
+        if let Some(tables) = table {
             // SAFETY: as below; with `table` the caller has checked VBMI, and TILE_COLS is
-            // a multiple of 64.
+            // 64, one table block.
             unsafe { decode_tile_table(rows, ldw, plen, cn, tables, tile, TILE_COLS) };
-            cn.div_ceil(64) * 64
         } else {
             // SAFETY: `plen` rows of `cn` bytes from (p0, jc) are inside the weights; the
             // tile holds TILE_ROWS rows of TILE_COLS floats.
             unsafe { decode_tile(rows, ldw, plen, cn, weights, tile, TILE_COLS) };
-            cn
-        };
+        }
         for g0 in (0..m).step_by(TILE_GROUP) {
             macro_rules! go {
                 ($r:literal) => {
@@ -281,7 +279,6 @@ pub(crate) unsafe fn axpy_tiles_avx512(
                             plen,
                             xt.add(g0 * ldxt + (k0 + p0) * $r),
                             tile,
-                            width,
                             out.add((jc / TILE_COLS * m + g0) * TILE_COLS),
                             p0 == 0,
                         )
@@ -301,13 +298,13 @@ pub(crate) unsafe fn axpy_tiles_avx512(
 }
 
 /// Decodes `plen` weight rows of `ncols` bytes (`ldw` apart) to float32 as the kernels'
-/// activations expect them ([`Weights`]) into `tile` (rows `ldo` apart), in column order.
-/// E4M3 rows are first scanned for NaN codes, and decoded without the NaN fix-up when there
-/// are none.
+/// activations expect them ([`Weights`]) into `tile` (rows `ldo` apart), in column order,
+/// columns `ncols..ldo` zero. E4M3 rows are first scanned for NaN codes, and decoded without
+/// the NaN fix-up when there are none.
 ///
 /// # Safety
 /// AVX-512 F + BW + VL available; the rows are inside the weights; `tile` holds `plen` rows
-/// of `ldo` floats, `ldo` at least `ncols` rounded up to a multiple of 16.
+/// of `ldo` floats, `ldo` a multiple of 16 and at least `ncols`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn decode_tile(
     rows: *const u8,
@@ -330,8 +327,8 @@ unsafe fn decode_tile(
         for pp in 0..plen {
             let row = rows.offset(pp as isize * ldw);
             let mut j = 0;
-            while j < ncols {
-                let n = (ncols - j).min(16);
+            while j < ldo {
+                let n = ncols.saturating_sub(j).min(16);
                 let mask = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
                 let b = _mm_maskz_loadu_epi8(mask, row.wrapping_add(j).cast());
                 let d = match kind {
@@ -386,7 +383,10 @@ unsafe fn decode_tile_table(
 }
 
 /// `out[r * TILE_COLS + j] (+)= sum_{pp < plen} x[pp * R + r] * tile[pp * TILE_COLS + j]` for
-/// `r < R`, `j < ncols` (at most `TILE_COLS`); the sum starts from zero when `first`.
+/// `r < R`, `j < TILE_COLS`; the sum starts from zero when `first`. Whole rows are loaded and
+/// stored without masks (a zero-masked load costs a vector ALU uop besides the load on Intel
+/// cores, taken from the FMA ports): the tile is zero past its columns, so the extra output
+/// columns hold zero (or NaN, for an infinite activation), and nobody reads them.
 ///
 /// # Safety
 /// AVX-512 F available; `x` holds `plen * R` floats, `tile` `plen` rows of `TILE_COLS`
@@ -397,27 +397,24 @@ unsafe fn tile_pass<const R: usize>(
     plen: usize,
     x: *const f32,
     tile: *const f32,
-    ncols: usize,
     out: *mut f32,
     first: bool,
 ) {
     const CV: usize = TILE_COLS / 16;
-    let masks = column_masks::<CV>(ncols);
-    // SAFETY: loads and stores are masked to the `ncols` columns and inside the rows of
-    // `tile` and `out`; x holds plen * R floats.
+    // SAFETY: the loads and stores are inside the rows of `tile` and `out`; x holds plen * R
+    // floats.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); CV]; R];
         if !first {
             for r in 0..R {
                 for c in 0..CV {
-                    acc[r][c] = _mm512_maskz_loadu_ps(masks[c], out.add(r * TILE_COLS + 16 * c));
+                    acc[r][c] = _mm512_loadu_ps(out.add(r * TILE_COLS + 16 * c));
                 }
             }
         }
         for pp in 0..plen {
-            let d: [__m512; CV] = std::array::from_fn(|c| {
-                _mm512_maskz_loadu_ps(masks[c], tile.add(pp * TILE_COLS + 16 * c))
-            });
+            let d: [__m512; CV] =
+                std::array::from_fn(|c| _mm512_loadu_ps(tile.add(pp * TILE_COLS + 16 * c)));
             for r in 0..R {
                 let xv = _mm512_set1_ps(*x.add(pp * R + r));
                 for c in 0..CV {
@@ -427,7 +424,7 @@ unsafe fn tile_pass<const R: usize>(
         }
         for r in 0..R {
             for c in 0..CV {
-                _mm512_mask_storeu_ps(out.add(r * TILE_COLS + 16 * c), masks[c], acc[r][c]);
+                _mm512_storeu_ps(out.add(r * TILE_COLS + 16 * c), acc[r][c]);
             }
         }
     }
