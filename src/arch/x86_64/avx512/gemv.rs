@@ -353,7 +353,13 @@ pub(crate) unsafe fn dot_table_f32(
                 let xb = xp.add(64 * blk);
                 let xv: [__m512; 4] = std::array::from_fn(|v| _mm512_loadu_ps(xb.add(16 * v)));
                 for c in 0..C {
-                    let v = _mm512_maskz_loadu_epi8(mask, wr[c].add(64 * blk).cast());
+                    // Unmasked where the block is whole: a zero-masked load costs a vector
+                    // ALU uop on Intel cores, on the ports this decode saturates.
+                    let v = if mask == u64::MAX {
+                        _mm512_loadu_si512(wr[c].add(64 * blk).cast())
+                    } else {
+                        _mm512_maskz_loadu_epi8(mask, wr[c].add(64 * blk).cast())
+                    };
                     let d = decode64_e4m3_table(&t, v);
                     for (dv, xv) in d.into_iter().zip(xv) {
                         acc[c] = _mm512_fmadd_ps(dv, xv, acc[c]);
