@@ -440,14 +440,21 @@ pub const CROSSOVERS_BF16_DOT: Crossovers = Crossovers {
 ///   m = 12 5.2-5.5 / 6.5-6.6, 16 6.1-6.6 / 7.7-8.0, 24 8.3-9.2 / 8.9-10.2, 32 10.5-15.9 /
 ///   11.0-12.0 (even within the noise), 48 17.2-18.6 / 14.8-15.8.
 ///
+/// - axpy with the 64 x 64 tiles and 6-row register passes (later the same day, float32
+///   activations, thread CPU time, best of 8-15): m = 32 7.7 / 7.8 (blocked taking the axpy
+///   packing's gains), 40 9.6 / 12.4, 48 11.2 / 13.9, 64 15.1 / 17.8, 96 22.5 / 24.4,
+///   128 28.5-29.5 / 31.3-31.9, 192 43.3 / 43.8, 256 55.3 / 57.9, 384 85.2 / 79.5. The
+///   crossover is kept at 128 (`SMALL_M_MAX`), where the gain is clear.
+///
 /// (Before the blocked GEMM packed A once per call, its times were 23.8 ms at m = 32 and
 /// 27.0 at 48 for the float32 GEMV shapes, and the crossovers 48 / 64 / 24 / 16. Before the
-/// axpy tiles, axpy lost from m = 12: 8.4 / 6.4 ms.)
+/// axpy tiles, axpy lost from m = 12: 8.4 / 6.4 ms; with the first tiles (16 x 192, 8-row
+/// passes) the crossover was 32.)
 pub const CROSSOVERS_FMA: Crossovers = Crossovers {
     gemv: 16,
     gemv_fp8: 16,
-    axpy: 32,
-    axpy_fp8: 32,
+    axpy: 128,
+    axpy_fp8: 128,
 };
 
 /// The crossovers of this CPU.

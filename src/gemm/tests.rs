@@ -565,8 +565,16 @@ fn gemv_shapes_nan_weights_and_tiny_activations() {
 #[test]
 fn axpy_shapes_views_nan_weights() {
     let mut rng = Rng(41);
+    // Every m through the per-group kernels' blocks and the tile passes' remainders (groups
+    // of 6), then a few larger ones up to the crossover.
+    let cross = crossovers().axpy;
+    let ms = (1..=26.min(cross)).chain(
+        [31, 32, 33, 47, 64, cross - 1, cross]
+            .into_iter()
+            .filter(|&m| m > 26 && m <= cross),
+    );
     for isa in arch::available() {
-        for m in 1..=crossovers().axpy {
+        for m in ms.clone() {
             for &k in &[1usize, 2, 3, 4, 5, 9, 65, 130] {
                 for &n in &[1usize, 7, 16, 17, 33, 64, 65, 97, 129, 200, 400] {
                     for fmt in [Format::E4M3, Format::E5M2] {
@@ -793,7 +801,7 @@ fn vector_packing_matches_the_portable_packer() {
 fn axpy_tiles_match_row_groups() {
     let mut rng = Rng(43);
     for isa in arch::available() {
-        for &m in &[9usize, 14, 20, 32] {
+        for &m in &[9usize, 14, 20, 32, 70] {
             if m > crossovers().axpy {
                 continue;
             }
