@@ -212,6 +212,38 @@ class Threads:
     track_speedup_2_threads.unit = "x"
 
 
+class ThreadsGemv:
+    """2 threads vs 1 for the 1 x 8192 x 8192 GEMV (float32 x E4M3), both weight layouts
+    (target >= 1.6x): the threads split the output columns."""
+
+    timeout = 300
+    params = [["in_out", "out_in"]]
+    param_names = ["weights"]
+    n = 8192
+
+    def setup(self, layout):
+        self._prev_threads = core.get_num_threads()
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((1, self.n), dtype=np.float32)
+        w = rng.standard_normal((self.n, self.n), dtype=np.float32).astype(E4M3)
+        self.w = w if layout == "in_out" else np.ascontiguousarray(w.T).T
+
+    def teardown(self, layout):
+        core.set_num_threads(self._prev_threads)
+
+    def track_speedup_2_threads(self, layout):
+        best = {}
+        for _ in range(5):
+            for t in (1, 2):
+                core.set_num_threads(t)
+                matmul(self.x, self.w)  # warm the pool's threads and buffers
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    matmul(self.x, self.w)
+                best[t] = min(best.get(t, float("inf")), time.perf_counter() - t0)
+        return best[1] / best[2]
+
+
 def _cpu_time(f, reps):
     """Best thread CPU time of `reps` calls (one warm-up first): the machine is shared, and a
     single-threaded call's CPU time is what preemption leaves intact."""

@@ -44,6 +44,26 @@ const ITEM_OUT_BYTES: usize = 16 << 10;
 /// strip, so the slice stays in L2 between tile rows.
 const TILE_ITEM_OUT_BYTES: usize = 512 << 10;
 
+/// Largest `m` of the axpy path on levels without the tile kernel, whose per-group kernels
+/// decode the weights once per group of 8 rows (the crossover before the tile kernel
+/// existed; `crossovers` is measured with the tiles).
+pub(crate) const PER_GROUP_MAX: usize = 32;
+
+/// Whether `isa` has the kernel that decodes each weight tile once for all rows
+/// (`arch::x86_64::avx512::axpy::axpy_tiles_avx512`).
+pub(crate) fn has_tiles(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+}
+
+/// Largest `m` the axpy path takes on `isa`, given the CPU's measured `crossover`.
+pub(crate) fn max_rows(isa: Isa, crossover: usize) -> usize {
+    if has_tiles(isa) {
+        crossover
+    } else {
+        crossover.min(PER_GROUP_MAX)
+    }
+}
+
 /// # Safety
 /// As [`super::compute`]; `b` is FP8 with unit column stride (or `n == 1`).
 pub(crate) unsafe fn axpy(
@@ -80,10 +100,7 @@ pub(crate) unsafe fn axpy(
     };
     // More than one row group on AVX-512: weights decoded once per tile for all groups
     // (`arch::x86_64::avx512::axpy::axpy_tiles_avx512`).
-    #[cfg(target_arch = "x86_64")]
-    let tiles = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16) && m > ROW_GROUP;
-    #[cfg(not(target_arch = "x86_64"))]
-    let tiles = false;
+    let tiles = has_tiles(isa) && m > ROW_GROUP;
     // E4M3 tiles decoded by table lookup where the CPU has VBMI (exact, unscaled activations).
     #[cfg(target_arch = "x86_64")]
     let tiles_table = tiles && fmt == Format::E4M3 && arch::x86_64::has_avx512vbmi();
@@ -197,6 +214,9 @@ unsafe fn axpy_all(
     // One work item: output columns j0..j0 + ncols, through the slice `part` (rows `ldo`
     // apart, or strip-major on the tile path) and the tile buffer.
     let item_body = |j0: usize, ncols: usize, ldo: usize, part: &mut [f32], tile: &mut [f32]| {
+        // The tile path (and its tile buffer) exists on x86-64 only.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (tile, tiles_table);
         let mut sa = vec![1.0f32; m];
         let mut sb = vec![1.0f32; ncols];
         for (kb, k0) in (0..k).step_by(seg).enumerate() {

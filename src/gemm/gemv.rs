@@ -21,6 +21,7 @@
 
 use super::scratch::{self, Slot};
 use super::{CPtr, Elems, Mat, ScalePlan};
+#[cfg(target_arch = "x86_64")]
 use crate::alloc;
 use crate::arch::{self, Isa};
 use crate::error::Result;
@@ -63,7 +64,7 @@ pub(crate) unsafe fn gemv(
     c: CPtr,
     ldc: isize,
 ) -> Result<()> {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let (m, k) = (a.rows, a.cols);
     let Elems::Fp8(_, fmt) = b.elems else {
         unreachable!("the GEMV path is only taken for FP8 weights")
     };
@@ -75,7 +76,7 @@ pub(crate) unsafe fn gemv(
     #[cfg(target_arch = "x86_64")]
     let table_f32 = matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
         && m == 1
-        && n >= TABLE_MIN_COLS
+        && b.cols >= TABLE_MIN_COLS
         && fmt == Format::E4M3
         && arch::x86_64::has_avx512vbmi();
     #[cfg(not(target_arch = "x86_64"))]

@@ -722,6 +722,7 @@ unsafe fn compute_finite(
         // SAFETY: forwarded from the caller.
         return unsafe { gemv::gemv(isa, a, b, plan, c, ldc) };
     }
+    let axpy_max = axpy::max_rows(isa, axpy_max);
     if m <= axpy_max && b.is_fp8() && (b.cs == 1 || n == 1) {
         // SAFETY: forwarded from the caller.
         return unsafe { axpy::axpy(isa, a, b, plan, c, ldc) };
