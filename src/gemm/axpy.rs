@@ -9,11 +9,12 @@
 //! re-reads 4x the bytes for only `m` multiply-adds each. Above [`ROW_GROUP`] rows on AVX-512,
 //! a tile of weight rows is decoded once into an L1 buffer for all row groups.
 //!
-//! The activations are packed once per call, K-major in groups of up to [`ROW_GROUP`] rows
-//! (`xt[p * rows + r]`), so that a kernel's broadcasts walk one contiguous array. Threads
-//! split the output columns in L1-sized slices; K is never split and each
-//! column's sum is formed by the same operations whatever the split, so results do not
-//! depend on the thread count.
+//! The activations are packed once per call, K-major in groups of the kernels' height (up to
+//! [`ROW_GROUP`] rows, or `TILE_GROUP` on the tile path; `xt[p * rows + r]`), so that a
+//! kernel's broadcasts walk one contiguous array. Threads split the output columns (in
+//! L1-sized slices, or L2-sized ones on the tile path); K is never split and each column's
+//! sum is formed by the same operations whatever the split, so results do not depend on the
+//! thread count.
 
 use std::sync::Mutex;
 
@@ -128,11 +129,11 @@ pub(crate) unsafe fn axpy(
             pack_groups(x, xt, k, group);
             // SAFETY: forwarded from the caller; `xt` holds A's rows in groups of `group`.
             unsafe { axpy_all(&path, xt, weights, b, plan, c, ldc) }
+                .map_err(|r| r.for_what("the output slices of a matmul"))
         })
-        .and_then(|r| r)
+        .map_err(|r| r.for_what("the activations of a matmul"))?
     })
-    .and_then(|r| r)
-    .map_err(|r| r.for_what("the activations of a matmul"))
+    .map_err(|r| r.for_what("the activations of a matmul"))?
 }
 
 /// How [`axpy`] multiplies: the per-group kernel, or the AVX-512 tile kernel (by table
@@ -184,8 +185,8 @@ unsafe fn axpy_all(
     #[cfg(target_arch = "x86_64")]
     let tables = arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
     let seg = if plan.along_k() { plan.block } else { k };
-    // Columns per work item: an L1-sized output slice (all rows' on the tile path, plus the
-    // tile), and at least one item per thread. Results do not depend on it (each column's
+    // Columns per work item: an L1-sized output slice of a row group (an L2-sized one of all
+    // rows on the tile path), and at least one item per thread. Results do not depend on it (each column's
     // sum is formed the same way).
     let nthreads = threads::num_threads();
     let parallel = nthreads > 1 && m * n * k >= 1 << 18;

@@ -10,9 +10,9 @@
 //! (noisy, shared machine): 2 rows 9.2 -> 3.1 ms, 4 rows 8.1 -> 3.6 ms with this structure,
 //! one row 2.4 ms either way (bound by the binary16 decode, hence `axpy_table_e4m3`).
 //!
-//! Above 8 activation rows, `axpy_tiles_avx512` decodes each tile of weight rows once into an
-//! L1 buffer that every group of 8 rows then multiplies, instead of decoding the weights once
-//! per group.
+//! Above 8 activation rows, `axpy_tiles_avx512` decodes each 64 x 64 weight tile once into an
+//! L1 buffer that every group of 6 rows then multiplies (accumulators in registers for the
+//! tile's 64 rows), instead of decoding the weights once per group of 8.
 
 #[allow(clippy::wildcard_imports)]
 use std::arch::x86_64::*;
@@ -361,7 +361,8 @@ unsafe fn decode_tile_table(
     tile: *mut f32,
     ldo: usize,
 ) {
-    // SAFETY: loads are masked to the `ncols` bytes of each row (addresses of masked-off
+    // SAFETY: a whole 64-byte block is loaded unmasked only when it lies inside the row
+    // (`n == 64`), a partial one masked to the row's `ncols` bytes (addresses of masked-off
     // lanes formed with wrapping arithmetic); stores are inside the tile's padded rows.
     unsafe {
         let t = TableRegs::load(tables);
@@ -460,8 +461,9 @@ pub(crate) unsafe fn axpy_table_e4m3(
 ) {
     debug_assert_eq!(rows, 1);
     let tables = E4m3Bf16Tables::new();
-    // SAFETY: weight loads are masked to the `ncols` bytes of each row; `out` holds whole
-    // 64-column blocks (padded); xt holds klen floats.
+    // SAFETY: a weight block is loaded unmasked only when its 64 bytes lie inside the row
+    // (`n == 64`), masked to the row's `ncols` bytes otherwise; `out` holds whole 64-column
+    // blocks (padded); xt holds klen floats.
     unsafe {
         let t = TableRegs::load(&tables);
         let mut p0 = 0;

@@ -331,8 +331,9 @@ pub(crate) unsafe fn dot_table_f32(
         0 => u64::MAX,
         t => (1u64 << t) - 1,
     };
-    // SAFETY: the features are enabled; weight loads are masked to klen bytes of the
-    // caller's rows, activation blocks are inside `xp` (padded).
+    // SAFETY: the features are enabled; weight blocks are loaded unmasked only when all 64
+    // bytes lie inside the caller's rows (every block but a partial last one), the last one
+    // masked to klen bytes; activation blocks are inside `xp` (padded).
     unsafe {
         let t = TableRegs::load(tables);
         let mut j = 0;
