@@ -82,16 +82,16 @@ pub(crate) struct Src {
 /// # Safety
 /// Every `X(p, w)` with `p < kc`, `w < width` must be readable.
 pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
+    // Every packer below writes ceil(width / panel) panels of kc x panel floats.
+    assert!(
+        dst.len() >= src.width.div_ceil(panel) * src.kc * panel,
+        "pack buffer too small"
+    );
     #[cfg(target_arch = "x86_64")]
     if src.ks == 1 && (panel == 14 || panel == 32) && crate::arch::x86_64::has_avx512() {
         use crate::arch::x86_64::avx512::gemm::{pack_klines_f32, KLines};
         if let Elems::Fp8(p, Format::E4M3) = src.elems {
             if crate::arch::x86_64::has_avx512vbmi() {
-                let panels = src.width.div_ceil(panel);
-                assert!(
-                    dst.len() >= panels * src.kc * panel,
-                    "pack buffer too small"
-                );
                 let tables = crate::arch::x86_64::avx512::gemv::E4m3Bf16Tables::new();
                 // SAFETY: AVX-512 and VBMI were detected; line w of the source (K contiguous)
                 // holds X(0..kc, w) for w < width (the caller's guarantee); dst checked.
@@ -114,11 +114,6 @@ pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
             Elems::F16(p) => KLines::F16(p),
             Elems::Bf16(p) => KLines::Bf16(p),
         };
-        let panels = src.width.div_ceil(panel);
-        assert!(
-            dst.len() >= panels * src.kc * panel,
-            "pack buffer too small"
-        );
         // SAFETY: AVX-512 was detected; line w of the source (K contiguous, `ks == 1`) holds
         // X(0..kc, w) for w < width (the caller's guarantee); dst checked.
         return unsafe {
@@ -128,11 +123,6 @@ pub(crate) unsafe fn pack_f32(src: Src, panel: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Elems::Fp8(ptr, fmt) = src.elems {
         if src.ws == 1 && panel == 32 && crate::arch::x86_64::has_avx512() {
-            let panels = src.width.div_ceil(panel);
-            assert!(
-                dst.len() >= panels * src.kc * panel,
-                "pack buffer too small"
-            );
             // SAFETY: AVX-512 was detected; the caller guarantees X(p, w) readable for
             // p < kc, w < width (row p at ptr + p * ks, columns contiguous); dst checked.
             return unsafe {
